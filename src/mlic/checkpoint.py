@@ -1,0 +1,133 @@
+"""Self-describing checkpoints: a folder with ``model.safetensors`` and ``meta.json``.
+
+``meta.json`` carries everything evaluate / predict / export / serve need (format version, model
+name and constructor arguments, class names, thresholds, preprocessing, the run config). Weights
+are safetensors, so loading a checkpoint never unpickles anything. The folder is written under a
+temporary name and renamed into place, with ``meta.json`` written last: a folder without it is
+incomplete and is never loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+FORMAT_NAME = "mlic-checkpoint"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "meta.json"
+REQUIRED_META = ("format", "version", "model", "class_names", "preprocessing")
+
+
+class CheckpointError(ValueError):
+    """Not a loadable mlic checkpoint; the message names the path and what is wrong."""
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The bare model under DDP (``module.``) and torch.compile (``_orig_mod.``) wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> Path:
+    """Write ``model``'s weights and ``meta`` to folder ``path`` atomically (replacing an old one)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    state = {k: v.detach().contiguous().cpu() for k, v in unwrap_model(model).state_dict().items()}
+    save_file(state, tmp / WEIGHTS_FILE)
+    full_meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **meta}
+    with open(tmp / META_FILE, "w") as f:  # last: its presence marks the folder complete
+        json.dump(full_meta, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync_dir(tmp)
+    # Keep the previous good checkpoint until the new one is complete, then swap.
+    old = path.with_name(f".{path.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    _fsync_dir(path.parent)
+    shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """Read and check ``meta.json`` of checkpoint folder ``path`` (or of the folder holding a given file)."""
+    path = Path(path)
+    if path.is_file() and path.name in (META_FILE, WEIGHTS_FILE):
+        path = path.parent
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not an mlic checkpoint (expected a folder with {META_FILE} and {WEIGHTS_FILE})")
+    meta_path = path / META_FILE
+    if not meta_path.is_file():
+        raise CheckpointError(f"{path}: not an mlic checkpoint or incomplete ({META_FILE} missing)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{meta_path}: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{meta_path}: not an mlic checkpoint (format is not {FORMAT_NAME!r})")
+    if meta.get("version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{meta_path}: checkpoint format version {meta.get('version')} is not supported "
+            f"(this mlic reads version {FORMAT_VERSION})"
+        )
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise CheckpointError(f"{meta_path}: missing key(s) {', '.join(missing)}")
+    return meta
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model described by the checkpoint and load its weights strictly."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from mlic.models import build_model
+
+    path = Path(path)
+    meta = read_meta(path)
+    if path.is_file():
+        path = path.parent
+    spec = meta["model"]
+    model = build_model(spec["name"], num_classes=len(meta["class_names"]), **spec.get("kwargs", {}))
+    try:
+        state = load_file(path / WEIGHTS_FILE, device=str(device))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: {WEIGHTS_FILE} missing") from None
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path / WEIGHTS_FILE}: not a valid safetensors file ({exc})") from None
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{path}: weights do not match model {spec['name']!r}: missing {result.missing_keys[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}"
+        )
+    return model.to(device).eval(), meta

@@ -1,0 +1,70 @@
+"""The ``mlic`` command: one module per subcommand, each adding its arguments and calling one library function.
+
+``main(argv)`` is importable so tests run the CLI in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from mlic.cli import demo, evaluate, predict, train
+
+SUBCOMMANDS = (demo, train, evaluate, predict)  # explicit, in the order --help lists them
+
+EPILOG = """examples:
+  mlic demo                                              # build demo data, train, evaluate, predict
+  mlic train data/train.csv --val data/val.csv --epochs 10 --name shapes
+  mlic evaluate runs/shapes/checkpoints/best --data data/test.csv
+  mlic predict runs/shapes/checkpoints/best photos/ --format csv --output preds.csv
+"""
+
+
+class UserError(Exception):
+    """Raised by subcommands for bad flags; printed without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlic",
+        description="Multi-label image classification: train, evaluate, predict.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from mlic import __version__
+
+    parser.add_argument("--version", action="version", version=f"mlic {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in SUBCOMMANDS:
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    from mlic.checkpoint import CheckpointError
+    from mlic.config import ConfigError
+    from mlic.data.images import ImageDecodeError
+    from mlic.data.records import DataError
+
+    try:
+        return int(args.run(args) or 0)
+    except (
+        UserError,
+        DataError,
+        ConfigError,
+        CheckpointError,
+        ImageDecodeError,
+        FileExistsError,
+        FileNotFoundError,
+    ) as exc:
+        print(f"mlic {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mlic {args.command}: interrupted", file=sys.stderr)
+        return 130

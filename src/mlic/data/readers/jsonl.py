@@ -1,0 +1,65 @@
+"""JSON Lines annotations: one ``{"image": ..., "labels": [...]}`` object per line.
+
+The one format that can say everything a Record can (verified negatives, unknowns) without
+conventions, so it is what to convert odd datasets into.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mlic.data.readers.csv_reader import StrPath, read_text
+from mlic.data.records import DataError, Record
+
+
+def read_jsonl(path: StrPath, *, image_root: StrPath | None = None) -> list[Record]:
+    """Records from a JSON Lines file; blank lines are skipped.
+
+    Each line needs "image" (relative to ``image_root``, default the file's folder, or absolute) and
+    "labels"; optional "negatives" (only these are verified absent, all else unknown) and "unknown".
+    """
+    path = Path(path).absolute()
+    name = path.name
+    root = Path(image_root).absolute() if image_root is not None else path.parent
+    records = []
+    # split on "\n" only: str.splitlines would also break on U+2028, which JSON strings may hold raw
+    for number, line in enumerate(read_text(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        where = f"{name}:{number}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{where}: invalid JSON ({err.msg} at column {err.colno})") from None
+        records.append(_record(obj, root, where))
+    if not records:
+        raise DataError(f"{name}:1: no records (the file is empty)")
+    return records
+
+
+def _record(obj: Any, root: Path, where: str) -> Record:
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    for key in ("image", "labels"):
+        if key not in obj:
+            raise DataError(f"{where}: missing key {key!r}")
+    image = obj["image"]
+    if not isinstance(image, str) or not image.strip():
+        raise DataError(f"{where}: 'image' must be a non-empty string")
+    positives = _names(obj["labels"], "labels", where)
+    negatives = _names(obj["negatives"], "negatives", where) if obj.get("negatives") is not None else None
+    unknown = _names(obj["unknown"], "unknown", where) if obj.get("unknown") is not None else ()
+    for other_key, other in (("negatives", negatives or ()), ("unknown", unknown)):
+        clash = sorted(set(positives) & set(other))
+        if clash:
+            raise DataError(f"{where}: {', '.join(map(repr, clash))} in both 'labels' and {other_key!r}")
+    return Record(path=root / image.strip(), positives=positives, negatives=negatives, unknown=unknown, source=where)
+
+
+def _names(value: Any, key: str, where: str) -> tuple[str, ...]:
+    """Unique label names in order; anything but a list of non-empty strings is an error."""
+    if not isinstance(value, list) or not all(isinstance(item, str) and item.strip() for item in value):
+        raise DataError(f"{where}: {key!r} must be a list of non-empty strings")
+    return tuple(dict.fromkeys(item.strip() for item in value))

@@ -1,0 +1,71 @@
+"""Pascal VOC detection trees reduced to image-level label sets.
+
+Expects the standard layout: ``Annotations/<id>.xml``, ``ImageSets/Main/<split>.txt`` and
+``JPEGImages/<id>.jpg``. Objects marked difficult are the interesting case: VOC's own evaluation
+neither rewards nor penalises them, which is what ``difficult="ignore"`` reproduces.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from mlic.data.readers.csv_reader import StrPath, read_text
+from mlic.data.records import DataError, Record
+
+DIFFICULT_CHOICES = ("ignore", "positive", "negative")
+
+
+def read_voc(root: StrPath, *, split: str = "train", difficult: str = "ignore") -> list[Record]:
+    """Records for the image ids listed in ``ImageSets/Main/<split>.txt``, in file order.
+
+    ``difficult``: "ignore" puts a class whose only objects are difficult in ``unknown``; "positive"
+    counts difficult objects like any other; "negative" drops them as if absent. The image path is
+    ``JPEGImages/<id>.jpg`` (as torchvision does), not the XML's <filename>, which converters often get wrong.
+    """
+    if difficult not in DIFFICULT_CHOICES:
+        raise DataError(f"difficult must be one of {', '.join(DIFFICULT_CHOICES)}; got {difficult!r}")
+    root = Path(root).absolute()
+    split_name = f"ImageSets/Main/{split}.txt"
+    split_file = root / split_name
+    if not split_file.is_file():
+        available = sorted(path.stem for path in (root / "ImageSets" / "Main").glob("*.txt"))
+        raise DataError(f"{split_file}: no such split file; splits here: {', '.join(available) or 'none'}")
+    records = []
+    for number, line in enumerate(read_text(split_file).split("\n"), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        where = f"{split_name}:{number}"
+        image_id = fields[0]  # per-class split files add a second "1/-1" column; only the id matters here
+        xml_path = root / "Annotations" / f"{image_id}.xml"
+        if not xml_path.is_file():
+            raise DataError(f"{where}: no annotation file Annotations/{image_id}.xml for image id {image_id!r}")
+        positives, unknown = _labels(xml_path, f"Annotations/{image_id}.xml", difficult)
+        records.append(
+            Record(path=root / "JPEGImages" / f"{image_id}.jpg", positives=positives, unknown=unknown, source=where)
+        )
+    if not records:
+        raise DataError(f"{split_name}:1: no image ids (the split file is empty)")
+    return records
+
+
+def _labels(xml_path: Path, name: str, difficult: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(positives, unknown) from the <object> elements of one annotation file."""
+    try:
+        tree = ET.parse(xml_path)
+    except ET.ParseError as err:
+        raise DataError(f"{name}:{err.position[0]}: invalid XML ({err})") from None
+    positives: dict[str, None] = {}
+    difficult_names: dict[str, None] = {}
+    for obj in tree.getroot().findall("object"):  # direct children only: <part> elements also carry names
+        label = (obj.findtext("name") or "").strip()
+        if not label:
+            raise DataError(f"{name}: an <object> has no <name>")
+        if (obj.findtext("difficult") or "0").strip() == "1" and difficult != "positive":
+            if difficult == "ignore":
+                difficult_names[label] = None
+            continue
+        positives[label] = None
+    unknown = tuple(label for label in difficult_names if label not in positives)
+    return tuple(positives), unknown

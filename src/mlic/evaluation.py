@@ -1,0 +1,106 @@
+"""Evaluate a checkpoint on a labelled dataset: metrics overall and per class, as data and as tables."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mlic.checkpoint import load_checkpoint
+from mlic.data.dataset import MultiLabelDataset
+from mlic.data.loader import build_loader, load_records
+from mlic.data.records import Record
+from mlic.data.transforms import Preprocessing, build_eval_transform
+from mlic.engine.loop import evaluate
+from mlic.engine.runtime import select_device
+from mlic.metrics import compute_metrics
+
+OVERALL_KEYS = [
+    "mAP", "roc_auc_macro", "f1_micro", "f1_macro", "f1_samples", "precision_micro", "precision_macro",
+    "precision_samples", "recall_micro", "recall_macro", "recall_samples", "hamming_loss", "exact_match",
+]  # fmt: skip
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data: str | Path | Sequence[Record],
+    *,
+    fmt: str = "auto",
+    image_root: str | Path | None = None,
+    label_delimiter: str | None = None,
+    threshold: float | None = None,
+    batch_size: int = 32,
+    device: str | torch.device = "auto",
+    num_workers: int = -1,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Metrics of ``checkpoint`` on ``data`` (a label file/folder, or records) as a JSON-ready dict."""
+    dev = device if isinstance(device, torch.device) else select_device(device)
+    model, meta = load_checkpoint(checkpoint, device=dev)
+    records = (
+        data
+        if not isinstance(data, str | Path)
+        else load_records(data, fmt=fmt, image_root=image_root, label_delimiter=label_delimiter)
+    )
+    class_names = list(meta["class_names"])
+    known = set(class_names)
+    unseen = sorted({name for r in records for name in r.positives} - known)
+    dataset = MultiLabelDataset(
+        records, class_names, build_eval_transform(Preprocessing.from_dict(meta["preprocessing"]))
+    )
+    loader = build_loader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    preds = evaluate(model, loader, dev, progress=progress, desc="evaluate")
+
+    if threshold is not None:
+        thresholds, source = np.full(len(class_names), threshold), f"override {threshold}"
+    elif meta.get("thresholds") is not None:
+        thresholds, source = np.asarray(meta["thresholds"]), "checkpoint (tuned)"
+    else:
+        thresholds, source = np.full(len(class_names), 0.5), "0.5 (checkpoint has no tuned thresholds)"
+    metrics = compute_metrics(preds.probs, preds.targets, preds.masks, thresholds, class_names)
+    return {
+        "checkpoint": str(checkpoint),
+        "data": str(data) if isinstance(data, str | Path) else f"{len(records)} records",
+        "thresholds": source,
+        "labels_not_in_model": unseen,
+        "unreadable_images": [{"path": p, "reason": r} for p, r in preds.bad_images],
+        **metrics,
+    }
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """Overall table, then the per-class table (support, AP, precision, recall, F1, threshold)."""
+    lines = [
+        f"images: {report['num_images']}   classes: {report['num_classes']}   thresholds: {report['thresholds']}",
+        "",
+    ]
+    lines += [f"{'metric':<20}{'value':>10}", "-" * 30]
+    lines += [f"{key:<20}{_fmt(report.get(key)):>10}" for key in OVERALL_KEYS]
+    width = max([5] + [len(str(c["name"])) for c in report["per_class"]]) + 2
+    lines += ["", f"{'class':<{width}}{'support':>9}{'AP':>9}{'prec':>9}{'recall':>9}{'F1':>9}{'thresh':>9}"]
+    lines.append("-" * (width + 54))
+    for c in report["per_class"]:
+        lines.append(
+            f"{c['name']!s:<{width}}{c['support']:>9}{_fmt(c['ap']):>9}{_fmt(c['precision']):>9}"
+            f"{_fmt(c['recall']):>9}{_fmt(c['f1']):>9}{_fmt(c['threshold']):>9}"
+        )
+    if report.get("excluded_from_map"):
+        lines.append(
+            f"\nexcluded from mAP (no positives in this data): {', '.join(map(str, report['excluded_from_map']))}"
+        )
+    if report.get("labels_not_in_model"):
+        lines.append(
+            f"labels in the data the model does not know (ignored): {', '.join(report['labels_not_in_model'])}"
+        )
+    if report.get("unreadable_images"):
+        lines.append(f"unreadable images skipped: {len(report['unreadable_images'])}")
+    return "\n".join(lines)
