@@ -1,0 +1,228 @@
+"""Image bytes -> RGB pixels: the one decoder shared by training, evaluation, prediction and serving.
+
+Training and serving call the very same `decode_image`, so a photo cannot look different to the model at
+train time and at request time (alpha composited on white in both, EXIF rotation applied in both, ...).
+
+Pillow rather than torchvision.io: torchvision.io decodes JPEG/PNG fast but does not cover what real datasets
+contain: EXIF orientation, CMYK and Adobe-inverted CMYK JPEGs, palette images with a transparent index,
+16-bit PNGs, TIFF, BMP, animated GIF/WebP. Pillow handles all of these and lets us read the header (and
+refuse a decompression bomb) before any pixel is decoded.
+
+Every failure surfaces here as `ImageDecodeError`, never as a bare Pillow exception and never later at
+first pixel access: the full decode is forced inside `decode_image`.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Pillow's own default limit (1024**3 // 4 // 3 = 89,478,485 pixels, about 9459 x 9459): a bigger image needs
+# over 256 MiB as RGB before any resizing, and a tiny file declaring it is the classic decompression bomb.
+# We enforce our own `max_pixels` from the header and never touch the global `Image.MAX_IMAGE_PIXELS`.
+# Note Pillow itself still refuses images above 2 * Image.MAX_IMAGE_PIXELS at open time, so a `max_pixels`
+# above ~179 million only takes effect if the application raises Pillow's global limit itself.
+DEFAULT_MAX_PIXELS = 89_478_485
+
+# Lower-case suffixes treated as images when scanning folders.
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+# Formats Pillow may try. Restricting them matters for untrusted bytes in the HTTP server: e.g. EPS would
+# start Ghostscript. JPEG includes MPO, which many phone cameras write inside a .jpg file.
+_ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
+
+_EXIF_ORIENTATION = 0x0112
+_WHITE = (255, 255, 255)
+
+ImageSource = str | Path | bytes | bytearray | memoryview | BinaryIO
+
+
+class ImageDecodeError(Exception):
+    """An image source that did not yield pixels; `path` is None for in-memory bytes."""
+
+    def __init__(self, reason: str, path: str | Path | None = None) -> None:
+        # args = (reason, path) keeps the error picklable (DataLoader workers send it across processes),
+        # and a single-argument call still works, as torch's ExceptionWrapper re-raises with one message.
+        super().__init__(reason, path)
+        self.reason = reason
+        self.path = None if path is None else str(path)
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}" if self.path else self.reason
+
+
+def is_image_file(path: str | Path) -> bool:
+    """True if the file name has one of IMAGE_EXTENSIONS (case-insensitive); the contents are not read."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def read_image_size(source: ImageSource) -> tuple[int, int]:
+    """(width, height) as `decode_image` would return it, from the header only (no pixel decoding).
+
+    EXIF orientation is taken into account where the header carries it (JPEG, TIFF, WebP, and PNG with the
+    eXIf chunk before the pixel data), so a portrait phone photo reports a portrait size.
+    """
+    path = _source_path(source)
+    with _quiet_pillow(), _open(source, path) as im:
+        width, height = im.size
+        if _orientation(im) in (5, 6, 7, 8):
+            width, height = height, width
+    return width, height
+
+
+def decode_image(
+    source: ImageSource,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft_size: tuple[int, int] | None = None,
+) -> Image.Image:
+    """Decode a path, bytes or binary file object into an 8-bit RGB image, upright per EXIF orientation.
+
+    max_pixels: images whose header declares more pixels are refused before decoding (bomb protection).
+    draft_size: (width, height) the caller will resize to; JPEGs are then decoded at a reduced DCT scale
+        (1/2, 1/4 or 1/8) that stays at least this large in the upright orientation. A big speed-up for
+        camera photos that end up at 224 px; other formats ignore it.
+    Transparent pixels are composited on white, since datasets' "transparent background" means paper/page,
+    and black would invent a dark frame the model could learn from.
+    """
+    if draft_size is not None and (len(draft_size) != 2 or min(draft_size) < 1):
+        raise ValueError(f"draft_size must be two positive ints, got {draft_size!r}")
+    path = _source_path(source)
+    with _quiet_pillow(), _open(source, path) as im:
+        width, height = im.size
+        if width * height > max_pixels:
+            raise ImageDecodeError(
+                f"image declares {width}x{height} = {width * height:,} pixels, above the limit of "
+                f"{max_pixels:,} (max_pixels)",
+                path,
+            )
+        try:
+            if draft_size is not None and im.format in ("JPEG", "MPO"):
+                # The draft acts on the stored orientation; swap the target if EXIF will rotate by 90 degrees.
+                target = draft_size[::-1] if _orientation(im) in (5, 6, 7, 8) else draft_size
+                im.draft(im.mode, (int(target[0]), int(target[1])))
+            im.load()  # force the full decode here so truncation surfaces now, not at first pixel access
+            rgb = _to_rgb(_upright(im))
+        except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, EOFError, zlib/struct errors
+            raise ImageDecodeError(_describe(exc), path) from exc
+    return rgb  # safe after `im` is closed: a separate image, never the file-backed one
+
+
+def _source_path(source: ImageSource) -> str | None:
+    """The name to put in error messages: the path, a file object's name, or None for raw bytes."""
+    if isinstance(source, str | Path):
+        return str(source)
+    name = getattr(source, "name", None)
+    return name if isinstance(name, str) else None
+
+
+@contextmanager
+def _open(source: ImageSource, path: str | None) -> Iterator[Image.Image]:
+    """Image.open with every failure turned into ImageDecodeError; a path is opened and closed here, a caller's
+    file object is left open."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        source = io.BytesIO(source)
+    try:
+        image = Image.open(source, formats=_ALLOWED_FORMATS)
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError("not a recognised image", path) from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(f"refused as a decompression bomb: {exc}", path) from exc
+    except OSError as exc:  # missing file, permission denied, or a header Pillow could not parse
+        raise ImageDecodeError(f"cannot read image: {_describe(exc)}", path) from exc
+    except Exception as exc:  # malformed headers raise SyntaxError, ValueError, struct.error, ...
+        raise ImageDecodeError(f"malformed image header: {_describe(exc)}", path) from exc
+    with image:  # Image.__exit__ closes the file only if Pillow opened it (a path), not a caller's handle
+        yield image
+
+
+@contextmanager
+def _quiet_pillow() -> Iterator[None]:
+    """Silence Pillow's per-image warnings (bomb warning, corrupt EXIF, palette transparency) while decoding.
+
+    Our max_pixels check is authoritative, and a dataset with many such files would otherwise flood the log.
+    Before Python 3.14 the warning filters are process-global, so under threads the worst case is that these
+    categories stay silenced process-wide, which is the intent anyway.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        yield
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    """A new image rotated/flipped per EXIF orientation; corrupt EXIF leaves the (valid) pixels as stored."""
+    try:
+        return ImageOps.exif_transpose(im)  # returns a copy even when already upright
+    except Exception:
+        return im.copy()
+
+
+def _orientation(im: Image.Image) -> int:
+    """EXIF orientation (1..8) from the header; 1 if absent or unreadable. Never decodes pixels."""
+    try:
+        if im.format == "PNG":
+            # PngImageFile.getexif() decodes the whole image when eXIf is not in the header; avoid that.
+            raw = im.info.get("exif")
+            if not raw:
+                return 1
+            exif = Image.Exif()
+            exif.load(raw)
+        else:
+            exif = im.getexif()
+        value = exif.get(_EXIF_ORIENTATION, 1)
+        return value if isinstance(value, int) and 1 <= value <= 8 else 1
+    except Exception:  # corrupt EXIF: decoding still works, exif_transpose will ignore it too
+        return 1
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB, with transparency composited on white."""
+    mode = im.mode
+    if mode.startswith("I") or mode == "F":
+        return _high_depth_to_rgb(im)
+    if mode == "La":  # premultiplied; Pillow cannot go La -> RGBA directly
+        im, mode = im.convert("LA"), "LA"
+    if im.has_transparency_data:
+        # Covers RGBA, LA, PA, RGBa, and P/L/RGB with a tRNS transparent colour or palette index.
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*_WHITE, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode == "RGB":
+        return im
+    # P, L, 1, CMYK (Pillow already undid Adobe's inverted CMYK while decoding), YCbCr, LAB, HSV.
+    return im.convert("RGB")
+
+
+def _high_depth_to_rgb(im: Image.Image) -> Image.Image:
+    """Scale 16/32-bit integer and float grayscale to 8 bits instead of clipping like Image.convert does.
+
+    I;16* and I: treated as 16-bit (0..65535 -> 0..255, so 65535 -> 255 and 32896 -> 128), which is what
+    16-bit PNG/TIFF files hold; values outside that range are clipped. F: values in [0, 1] are scaled by 255,
+    anything else is taken as already 0..255 and clipped.
+    """
+    values = np.asarray(im.convert("I") if im.mode.startswith("I;16") else im)
+    if im.mode == "F":
+        values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+        if values.size and values.min() >= 0.0 and values.max() <= 1.0:
+            values = values * 255.0
+        gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    else:
+        values = np.clip(values.astype(np.int64), 0, 65535)
+        gray = ((2 * values + 257) // 514).astype(np.uint8)  # round(v / 257) in integer arithmetic
+    return Image.fromarray(gray).convert("RGB")
+
+
+def _describe(exc: BaseException) -> str:
+    """Short reason text; Pillow's messages are fine but some exceptions have none."""
+    text = str(exc).strip()
+    if isinstance(exc, OSError) and "truncated" in text.lower():
+        return f"truncated or corrupt file ({text})"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
