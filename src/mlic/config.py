@@ -40,16 +40,48 @@ class ModelConfig:
     drop_rate: float = 0.5
     widths: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
     hidden: int = 512
+    pretrained: str | None = None  # local weights (.safetensors, or a torch file loaded with weights_only=True)
+    freeze_backbone_epochs: int = 0  # train only the head for the first N epochs
 
 
 @dataclass
 class OptimConfig:
-    optimizer: str = "adam"
+    optimizer: str = "adam"  # adam | adamw | sgd
     lr: float = 1e-3
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # never applied to norms and biases
+    momentum: float = 0.9  # sgd only
     epochs: int = 10
     batch_size: int = 32
-    loss: str = "bce"
+    schedule: str = "constant"  # constant | cosine | onecycle
+    warmup_epochs: float = 0.0  # linear warm-up (cosine)
+    clip_grad: float = 0.0  # max gradient norm; 0 = off
+    accum_steps: int = 1  # gradient accumulation: optimizer step every N batches
+    ema: bool = False  # also keep and evaluate an EMA copy of the weights
+    ema_decay: float = 0.999
+    early_stopping: int = 0  # stop after N epochs without a better val mAP; 0 = off
+    loss: str = "bce"  # bce | focal | asl
+    pos_weight: str = "none"  # none | auto (bce only: negatives/positives per class, clipped)
+    focal_gamma: float = 2.0
+    asl_gamma_pos: float = 0.0
+    asl_gamma_neg: float = 4.0
+    asl_clip: float = 0.05
+    mixup_alpha: float = 0.0  # multi-label MixUp (targets mixed, not argmaxed); 0 = off
+    cutmix_alpha: float = 0.0
+    mix_prob: float = 1.0
+
+
+@dataclass
+class ThresholdConfig:
+    method: str = "per_class_f1"  # per_class_f1 | global_f1 | fixed
+    min_positives: int = 5  # fewer validation positives: the class uses the global threshold
+    fixed: float = 0.5
+
+
+@dataclass
+class RuntimeConfig:
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    channels_last: bool = True
+    compile: bool = False
 
 
 @dataclass
@@ -57,6 +89,8 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    thresholds: ThresholdConfig = field(default_factory=ThresholdConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     name: str | None = None  # run folder name; default: a timestamp
     output_dir: str = "runs"
     seed: int = 0
@@ -69,6 +103,9 @@ class TrainConfig:
             (self.optim.epochs >= 1, "optim.epochs must be >= 1"),
             (self.optim.batch_size >= 1, "optim.batch_size must be >= 1"),
             (self.optim.lr > 0, "optim.lr must be > 0"),
+            (self.optim.accum_steps >= 1, "optim.accum_steps must be >= 1"),
+            (self.optim.pos_weight in ("none", "auto"), "optim.pos_weight must be none|auto"),
+            (0.0 < self.thresholds.fixed <= 1.0, "thresholds.fixed must be in (0, 1]"),
             (0.0 <= self.data.val_fraction < 1.0, "data.val_fraction must be in [0, 1)"),
             (self.data.image_size >= 16, "data.image_size must be >= 16"),
             (0.0 <= self.model.drop_rate < 1.0, "model.drop_rate must be in [0, 1)"),
@@ -199,8 +236,10 @@ FLAT_KEYS = {
         )
     },
     "model": "model.name",
-    **{k: f"model.{k}" for k in ("drop_rate", "widths", "hidden")},
-    **{k: f"optim.{k}" for k in ("optimizer", "lr", "weight_decay", "epochs", "batch_size", "loss")},
+    **{k: f"model.{k}" for k in ("drop_rate", "widths", "hidden", "pretrained", "freeze_backbone_epochs")},
+    **{f.name: f"optim.{f.name}" for f in dataclasses.fields(OptimConfig)},
+    **{f"threshold_{f.name}": f"thresholds.{f.name}" for f in dataclasses.fields(ThresholdConfig)},
+    **{f.name: f"runtime.{f.name}" for f in dataclasses.fields(RuntimeConfig)},
     **{k: k for k in ("name", "output_dir", "seed", "device", "progress", "dry_run")},
 }
 

@@ -61,6 +61,8 @@ def evaluate_checkpoint(
     else:
         thresholds, source = np.full(len(class_names), 0.5), "0.5 (checkpoint has no tuned thresholds)"
     metrics = compute_metrics(preds.probs, preds.targets, preds.masks, thresholds, class_names)
+    # Always also at 0.5, so the effect of tuned thresholds is visible side by side.
+    at_half = compute_metrics(preds.probs, preds.targets, preds.masks, 0.5, class_names)
     return {
         "checkpoint": str(checkpoint),
         "data": str(data) if isinstance(data, str | Path) else f"{len(records)} records",
@@ -68,6 +70,7 @@ def evaluate_checkpoint(
         "labels_not_in_model": unseen,
         "unreadable_images": [{"path": p, "reason": r} for p, r in preds.bad_images],
         **metrics,
+        "at_threshold_0.5": {k: at_half[k] for k in OVERALL_KEYS},
     }
 
 
@@ -83,8 +86,9 @@ def format_report(report: dict[str, Any]) -> str:
         f"images: {report['num_images']}   classes: {report['num_classes']}   thresholds: {report['thresholds']}",
         "",
     ]
-    lines += [f"{'metric':<20}{'value':>10}", "-" * 30]
-    lines += [f"{key:<20}{_fmt(report.get(key)):>10}" for key in OVERALL_KEYS]
+    half = report.get("at_threshold_0.5", {})
+    lines += [f"{'metric':<20}{'value':>10}{'at 0.5':>10}", "-" * 40]
+    lines += [f"{key:<20}{_fmt(report.get(key)):>10}{_fmt(half.get(key)):>10}" for key in OVERALL_KEYS]
     width = max([5] + [len(str(c["name"])) for c in report["per_class"]]) + 2
     lines += ["", f"{'class':<{width}}{'support':>9}{'AP':>9}{'prec':>9}{'recall':>9}{'F1':>9}{'thresh':>9}"]
     lines.append("-" * (width + 54))

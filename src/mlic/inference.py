@@ -81,12 +81,15 @@ class Predictor:
         self.class_names: list[str] = list(meta["class_names"])
         self.preprocessing = Preprocessing.from_dict(meta["preprocessing"])
         self.transform = build_eval_transform(self.preprocessing)
+        n = len(self.class_names)
         if threshold is not None:
-            self.thresholds, self.threshold_source = np.full(len(self.class_names), threshold, np.float32), "override"
+            self.thresholds, self.threshold_source = np.full(n, threshold, np.float64), f"override {threshold}"
         elif meta.get("thresholds") is not None:
-            self.thresholds, self.threshold_source = np.asarray(meta["thresholds"], np.float32), "checkpoint"
+            self.thresholds = np.asarray(meta["thresholds"], np.float64)
+            self.threshold_source = "checkpoint (tuned per class)"
         else:
-            self.thresholds, self.threshold_source = np.full(len(self.class_names), 0.5, np.float32), "default 0.5"
+            self.thresholds = np.full(n, 0.5, np.float64)
+            self.threshold_source = "0.5 (checkpoint has no tuned thresholds)"
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, device: str = "auto", threshold: float | None = None) -> Predictor:
@@ -135,6 +138,6 @@ class Predictor:
                 bar.update(len(items))
 
     def _prediction(self, path: str, probs: np.ndarray) -> Prediction:
-        on = probs >= self.thresholds
+        on = probs.astype(np.float64) >= self.thresholds
         labels = [n for n, flag in zip(self.class_names, on, strict=True) if flag]
         return Prediction(path, labels, {n: float(p) for n, p in zip(self.class_names, probs, strict=True)})

@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--label-delimiter", help="separator inside the tag column (default: space)")
     g.add_argument("--val-fraction", type=float, help="fraction held out when no --val (default 0.1)")
     g.add_argument("--image-size", type=int, help="input size in pixels (default 224)")
-    g.add_argument("--augment", help="augmentation preset: none|light (default light: horizontal flip)")
+    g.add_argument("--augment", help="augmentation preset: none|light|standard|strong (default light: horizontal flip)")
     g.add_argument("--workers", dest="num_workers", type=int, help="DataLoader workers (default: by CPU count)")
     g = p.add_argument_group("model and optimisation")
     g.add_argument("--model", help="model name (default seed_cnn)")
@@ -51,6 +51,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--weight-decay", type=float, help="weight decay (default 0)")
     g.add_argument("--epochs", type=int, help="epochs (default 10)")
     g.add_argument("--batch-size", type=int, help="batch size (default 32)")
+    g.add_argument("--pretrained", help="local weights for the model (.safetensors, or .pth loaded weights-only)")
+    g.add_argument("--freeze-backbone-epochs", type=int, help="train only the head for the first N epochs")
+    g.add_argument("--optimizer", help="adam|adamw|sgd (default adam)")
+    g.add_argument("--schedule", help="constant|cosine|onecycle (default constant)")
+    g.add_argument("--warmup-epochs", type=float, help="linear warm-up for cosine (default 0)")
+    g.add_argument("--clip-grad", type=float, help="max gradient norm (default 0: off)")
+    g.add_argument("--accum-steps", type=int, help="gradient accumulation steps (default 1)")
+    g.add_argument("--ema", action="store_true", default=None, help="keep and evaluate an EMA of the weights")
+    g.add_argument("--early-stopping", type=int, help="stop after N epochs without a better val mAP")
+    g.add_argument("--loss", help="bce|focal|asl (default bce)")
+    g.add_argument("--pos-weight", help="none|auto (bce: weight positives by label rarity)")
+    g.add_argument("--mixup-alpha", type=float, help="multi-label MixUp strength (default 0: off)")
+    g.add_argument("--cutmix-alpha", type=float, help="CutMix strength (default 0: off)")
+    g.add_argument("--threshold-method", help="per_class_f1|global_f1|fixed: thresholds tuned on validation")
+    g = p.add_argument_group("speed")
+    g.add_argument("--precision", help="auto|fp32|bf16|fp16 (default auto: bf16 where the hardware has it)")
+    g.add_argument(
+        "--no-channels-last",
+        dest="channels_last",
+        action="store_false",
+        default=None,
+        help="keep the default NCHW memory layout",
+    )
+    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     g = p.add_argument_group("run")
     g.add_argument("--name", help="run folder name under --output-dir (default: a timestamp)")
     g.add_argument("--output-dir", help="where run folders go (default runs)")

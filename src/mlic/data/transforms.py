@@ -11,7 +11,12 @@ from torchvision.transforms import v2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-AUGMENTATIONS = ("none", "light")
+AUGMENTATIONS = ("none", "light", "standard", "strong")
+
+# RandomResizedCrop keeps at least half the image. Multi-label targets describe the whole image, and
+# a crop that cuts a labelled object out leaves a positive label on pixels that no longer show it
+# (single-label ImageNet recipes use 0.08; that floor would mislabel many small or edge objects).
+CROP_SCALE = (0.5, 1.0)
 
 
 @dataclass(frozen=True)
@@ -57,11 +62,31 @@ def build_eval_transform(pre: Preprocessing) -> v2.Compose:
 
 
 def build_train_transform(pre: Preprocessing, augment: str = "light") -> v2.Compose:
-    """Eval preprocessing plus augmentation; ``light`` is the seed's horizontal flip."""
+    """PIL RGB image -> normalised float32 (3, S, S) tensor, randomly augmented.
+
+    Presets, each a superset of the one before from ``light`` on:
+    ``none`` eval preprocessing only; ``light`` + horizontal flip (the seed's);
+    ``standard`` random resized crop (scale >= 0.5) + flip + colour jitter;
+    ``strong`` standard + TrivialAugmentWide + random erasing.
+    Geometry and colour ops run on uint8 (cheaper, and TrivialAugment's magnitudes assume uint8);
+    erasing runs after normalisation, so its fill value 0 is the mean colour.
+    """
     if augment not in AUGMENTATIONS:
         raise ValueError(f"unknown augmentation preset {augment!r}; choose one of: {', '.join(AUGMENTATIONS)}")
-    steps: list[v2.Transform] = [v2.ToImage(), _resize(pre)]
-    if augment == "light":
+    resize = _resize(pre)  # also rejects unknown resize modes for the cropping presets
+    steps: list[v2.Transform] = [v2.ToImage()]  # uint8 (3, H, W)
+    if augment in ("standard", "strong"):
+        # default aspect ratio range 3/4..4/3; the crop is then squashed to S x S like the eval resize
+        steps.append(v2.RandomResizedCrop((pre.image_size, pre.image_size), scale=CROP_SCALE, antialias=True))
+    else:
+        steps.append(resize)
+    if augment != "none":
         steps.append(v2.RandomHorizontalFlip(p=0.5))
+    if augment in ("standard", "strong"):
+        steps.append(v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05))
+    if augment == "strong":
+        steps.append(v2.TrivialAugmentWide())
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(pre.mean), std=list(pre.std))]
+    if augment == "strong":
+        steps.append(v2.RandomErasing(p=0.25, value=0))  # 0 = the dataset mean after normalisation
     return v2.Compose(steps)

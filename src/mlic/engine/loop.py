@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -12,6 +13,8 @@ from torch import nn
 from tqdm import tqdm
 
 from mlic.data.dataset import Batch
+from mlic.engine.ema import ModelEma
+from mlic.engine.precision import Precision
 
 
 @dataclass
@@ -20,10 +23,27 @@ class EpochStats:
     images: int
     seconds: float
     bad_images: list[tuple[str, str]] = field(default_factory=list)
+    skipped_steps: int = 0  # steps whose loss was NaN/inf, skipped with the weights untouched
 
     @property
     def images_per_second(self) -> float:
         return self.images / max(self.seconds, 1e-9)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive non-finite losses: the run is diverging, not hitting one bad batch."""
+
+
+@dataclass
+class StepOptions:
+    """How one optimisation step is done; plain values, resolved by ``fit``."""
+
+    precision: Precision = field(default_factory=lambda: Precision("fp32", None, False))
+    channels_last: bool = False
+    accum_steps: int = 1  # optimizer step every N batches
+    clip_grad: float = 0.0  # max global gradient norm; 0 = no clipping
+    max_bad_steps: int = 5  # consecutive non-finite losses before giving up
+    scaler: torch.amp.GradScaler | None = None  # fp16 on CUDA only
 
 
 def train_one_epoch(
@@ -34,39 +54,83 @@ def train_one_epoch(
     device: torch.device,
     *,
     epoch: int,
+    opts: StepOptions | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    ema: ModelEma | None = None,
+    mixer: Callable | None = None,
     max_steps: int | None = None,
     progress: bool = True,
 ) -> EpochStats:
+    opts = opts or StepOptions()
     model.train()
-    total_loss, seen, bad = 0.0, 0, []
+    total_loss, seen, bad, skipped, bad_in_row = 0.0, 0, [], 0, 0
+    num_batches = len(loader) if max_steps is None else min(max_steps, len(loader))
+    optimizer.zero_grad(set_to_none=True)
     start = time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress, dynamic_ncols=True)
     for step, batch in enumerate(bar):
-        if max_steps is not None and step >= max_steps:
+        if step >= num_batches:
             break
         bad += batch.errors
         if len(batch) == 0:  # every image in this batch was unreadable
             continue
-        images = batch.images.to(device, non_blocking=True)
+        memory_format = torch.channels_last if opts.channels_last else torch.contiguous_format
+        images = batch.images.to(device, non_blocking=True, memory_format=memory_format)
         targets = batch.targets.to(device, non_blocking=True)
         masks = batch.masks.to(device, non_blocking=True)
+        if mixer is not None:  # MixUp/CutMix: soft targets, masks combined
+            images, targets, masks = mixer(images, targets, masks)
 
-        # forward: raw logits (B, C); the loss applies the sigmoid itself, stably
-        logits = model(images)
-        loss = loss_fn(logits, targets, masks)
+        # forward under autocast (bf16/fp16 where chosen); the loss is computed in fp32
+        with opts.precision.autocast(device):
+            logits = model(images)
+        loss = loss_fn(logits.float(), targets, masks)
 
-        # backward and step; set_to_none frees gradient memory between steps
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        # a NaN/inf loss must not reach the weights: drop this step's gradients, count, go on
+        if not torch.isfinite(loss):
+            optimizer.zero_grad(set_to_none=True)
+            skipped, bad_in_row = skipped + 1, bad_in_row + 1
+            tqdm.write(f"warning: epoch {epoch} step {step}: non-finite loss ({loss.item()}), step skipped")
+            if bad_in_row >= opts.max_bad_steps:
+                raise NonFiniteLossError(
+                    f"{bad_in_row} non-finite losses in a row at epoch {epoch} step {step}; "
+                    "lower the learning rate or check the data"
+                )
+            continue
+        bad_in_row = 0
+
+        # backward; with accumulation the loss is scaled so the summed gradient is a mean
+        scaled = loss / opts.accum_steps
+        (opts.scaler.scale(scaled) if opts.scaler else scaled).backward()
+
+        # step every accum_steps batches and at the end of the epoch
+        if (step + 1) % opts.accum_steps == 0 or step + 1 == num_batches:
+            _optimizer_step(model, optimizer, opts)
+            if scheduler is not None:
+                scheduler.step()
+            if ema is not None:
+                ema.update(model)
 
         # log: .item() syncs with the device, once per step is cheap enough at these batch sizes
         n = images.shape[0]
         total_loss += loss.item() * n
         seen += n
-        elapsed = time.perf_counter() - start
-        bar.set_postfix(loss=f"{total_loss / seen:.4f}", img_s=f"{seen / elapsed:.1f}")
-    return EpochStats(loss=total_loss / max(seen, 1), images=seen, seconds=time.perf_counter() - start, bad_images=bad)
+        bar.set_postfix(loss=f"{total_loss / seen:.4f}", img_s=f"{seen / (time.perf_counter() - start):.1f}")
+    return EpochStats(total_loss / max(seen, 1), seen, time.perf_counter() - start, bad, skipped)
+
+
+def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, opts: StepOptions) -> None:
+    """Unscale (fp16), clip, step, zero."""
+    if opts.scaler is not None:
+        opts.scaler.unscale_(optimizer)
+    if opts.clip_grad > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), opts.clip_grad)
+    if opts.scaler is not None:
+        opts.scaler.step(optimizer)
+        opts.scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 @dataclass
@@ -89,6 +153,8 @@ def evaluate(
     max_steps: int | None = None,
     progress: bool = True,
     desc: str = "eval",
+    precision: Precision | None = None,
+    channels_last: bool = False,
 ) -> Predictions:
     """Run the model over ``loader`` and collect probabilities with their targets and masks."""
     model.eval()
@@ -100,7 +166,10 @@ def evaluate(
         bad += batch.errors
         if len(batch) == 0:
             continue
-        logits = model(batch.images.to(device, non_blocking=True)).float()
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        images = batch.images.to(device, non_blocking=True, memory_format=memory_format)
+        with precision.autocast(device) if precision else contextlib.nullcontext():
+            logits = model(images).float()
         if loss_fn is not None:
             loss = loss_fn(logits, batch.targets.to(device), batch.masks.to(device))
             total_loss += loss.item() * len(batch)

@@ -41,3 +41,25 @@ def default_num_workers() -> int:
     """Loader processes: none on a 2-core machine (they would fight the model for the cores)."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return 0 if cpus <= 2 else min(8, cpus // 2)
+
+
+def configure_allocator() -> bool:
+    """Stop glibc malloc from returning big activation buffers to the kernel after every step.
+
+    With the defaults, each training step unmaps and re-faults about 1 GB of activations (the
+    issue's measurement: ~260,000 page faults per step, ~30% of CPU time in the kernel); keeping
+    them mapped gave 1.5-1.9x. Opt out with MLIC_NO_MALLOPT=1. Returns whether it was applied.
+    """
+    import ctypes
+    import sys
+
+    if os.environ.get("MLIC_NO_MALLOPT") == "1" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # musl or another libc: nothing to tune this way
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # from glibc's malloc.h
+    ok = libc.mallopt(m_mmap_max, 0) == 1
+    ok &= libc.mallopt(m_trim_threshold, 2**30) == 1
+    return bool(ok)

@@ -1,0 +1,149 @@
+import json
+
+import numpy as np
+import pytest
+
+from mlic.metrics import compute_metrics
+from mlic.thresholds import ThresholdResult, tune_thresholds
+
+
+def make_split(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Three classes: 0 calibrated around 0.5; 1 ranked well but squeezed into [0.05, 0.3]; 2 calibrated."""
+    targets = (rng.random((n, 3)) < [0.4, 0.3, 0.5]).astype(np.int64)
+    probs = np.empty((n, 3))
+    noise = rng.normal(0, 0.15, size=(n, 3))
+    probs[:, 0] = np.clip(0.3 + 0.4 * targets[:, 0] + noise[:, 0], 0, 1)
+    probs[:, 1] = np.clip(0.1 + 0.12 * targets[:, 1] + noise[:, 1] * 0.2, 0.05, 0.3)
+    probs[:, 2] = np.clip(0.3 + 0.4 * targets[:, 2] + noise[:, 2], 0, 1)
+    return probs, targets
+
+
+def class_f1(probs, targets, thresholds, mask=None) -> np.ndarray:
+    return np.array([c["f1"] for c in compute_metrics(probs, targets, mask, thresholds)["per_class"]])
+
+
+def brute_force_best_f1(scores: np.ndarray, targets: np.ndarray) -> float:
+    """Try every unique score as a threshold with the metrics module itself."""
+    return max(class_f1(scores[:, None], targets[:, None], t)[0] for t in np.unique(scores))
+
+
+def test_tuned_thresholds_raise_held_out_f1_of_a_compressed_class():
+    rng = np.random.default_rng(0)
+    val_probs, val_targets = make_split(rng, 400)
+    test_probs, test_targets = make_split(rng, 400)
+    result = tune_thresholds(val_probs, val_targets)
+    assert 0.05 < result.thresholds[1] < 0.3
+    before = class_f1(test_probs, test_targets, 0.5)
+    after = class_f1(test_probs, test_targets, result.thresholds)
+    assert before[1] == 0.0  # nothing of class 1 reaches 0.5
+    assert after[1] > before[1] + 0.5
+    # Calibrated classes keep a threshold near 0.5 and lose little on held-out data.
+    assert abs(result.thresholds[0] - 0.5) < 0.15 and after[0] > before[0] - 0.05
+    assert result.fallback_classes == []
+    assert result.f1_before[1] == 0.0 and result.f1_after[1] > 0.8
+
+
+def test_per_class_search_finds_the_brute_force_optimum_and_reports_it():
+    rng = np.random.default_rng(1)
+    probs = np.round(rng.random((60, 4)), 2)  # rounding makes ties, which must form one operating point
+    targets = (rng.random((60, 4)) < probs).astype(int)
+    result = tune_thresholds(probs, targets, min_positives=1)
+    for c in range(4):
+        assert result.f1_after[c] == pytest.approx(brute_force_best_f1(probs[:, c], targets[:, c]))
+    assert np.allclose(result.f1_after, class_f1(probs, targets, result.thresholds))
+    assert np.allclose(result.f1_before, class_f1(probs, targets, 0.5))
+    assert (result.f1_after >= result.f1_before).all()
+
+
+def test_threshold_sits_between_operating_points_and_respects_ties():
+    scores = np.array([[0.9], [0.6], [0.6], [0.2]])
+    targets = np.array([[1], [1], [0], [0]])
+    # Operating points: >=0.9 -> F1 2/3; >=0.6 (both tied entries) -> 4/5; >=0.2 -> 2/3.
+    result = tune_thresholds(scores, targets, min_positives=1)
+    assert result.thresholds[0] == pytest.approx(0.4)  # midway between 0.6 and 0.2
+    assert result.f1_after[0] == pytest.approx(0.8)
+
+
+def test_class_with_too_few_positives_falls_back_to_global_threshold():
+    rng = np.random.default_rng(2)
+    probs, targets = make_split(rng, 300)
+    targets[:, 2] = 0
+    targets[[0, 1, 2], 2] = 1  # 3 known positives < min_positives=5
+    probs[[0, 1, 2], 2] = 0.99
+    result = tune_thresholds(probs, targets, min_positives=5)
+    assert result.fallback_classes == [2]
+    assert result.thresholds[2] == result.global_threshold
+    # Without the guard the class gets its own (overfitted) threshold.
+    free = tune_thresholds(probs, targets, min_positives=1)
+    assert free.fallback_classes == [] and free.thresholds[2] != free.global_threshold
+
+
+def test_global_f1_gives_one_threshold_that_maximises_micro_f1():
+    rng = np.random.default_rng(3)
+    probs = np.round(rng.random((50, 3)), 2)
+    targets = (rng.random((50, 3)) < probs**2).astype(int)
+    result = tune_thresholds(probs, targets, method="global_f1")
+    assert result.method == "global_f1" and result.fallback_classes == []
+    assert np.all(result.thresholds == result.global_threshold)
+    micro = [compute_metrics(probs, targets, None, t)["f1_micro"] for t in np.unique(probs)]
+    assert compute_metrics(probs, targets, None, result.thresholds)["f1_micro"] == pytest.approx(max(micro))
+    # The per-class method computes the same global threshold (used for fallbacks).
+    assert tune_thresholds(probs, targets).global_threshold == result.global_threshold
+
+
+def test_fixed_gives_the_constant():
+    rng = np.random.default_rng(4)
+    probs, targets = make_split(rng, 100)
+    result = tune_thresholds(probs, targets, method="fixed", fixed=0.35)
+    assert result.thresholds.tolist() == [0.35, 0.35, 0.35]
+    assert np.array_equal(result.f1_before, result.f1_after) and result.baseline_threshold == 0.35
+
+
+def test_mask_ignores_unknown_entries():
+    rng = np.random.default_rng(5)
+    probs, targets = make_split(rng, 200)
+    # Whole unknown rows: same as tuning on the known rows only.
+    mask = np.ones_like(targets)
+    mask[::3] = 0
+    masked = tune_thresholds(probs, targets, mask)
+    keep = mask[:, 0] == 1
+    rows = tune_thresholds(probs[keep], targets[keep])
+    assert np.array_equal(masked.thresholds, rows.thresholds)
+    assert masked.global_threshold == rows.global_threshold
+    assert np.allclose(masked.f1_after, rows.f1_after) and np.allclose(masked.f1_before, rows.f1_before)
+    # Scattered unknowns: whatever the unknown entries hold changes nothing.
+    mask = (rng.random(probs.shape) > 0.3).astype(int)
+    scrambled_probs = np.where(mask == 1, probs, rng.random(probs.shape))
+    scrambled_targets = np.where(mask == 1, targets, 1 - targets)
+    a = tune_thresholds(probs, targets, mask)
+    b = tune_thresholds(scrambled_probs, scrambled_targets, mask)
+    assert a.to_dict() == b.to_dict()
+    assert not np.array_equal(a.thresholds, tune_thresholds(probs, targets).thresholds)
+
+
+def test_thresholds_are_json_floats_in_the_open_closed_unit_interval():
+    # Class 0: every entry positive, lowest score 0 -> "predict all" must not become threshold 0.
+    # Class 1: positives only at exactly 1.0. Class 2: no positive at all -> fallback.
+    probs = np.array([[0.0, 1.0, 0.2], [0.3, 1.0, 0.9], [0.7, 0.4, 0.1], [0.2, 0.0, 0.5]] * 3)
+    targets = np.array([[1, 1, 0], [1, 1, 0], [1, 0, 0], [1, 0, 0]] * 3)
+    result = tune_thresholds(probs, targets, min_positives=1)
+    assert ((result.thresholds > 0) & (result.thresholds <= 1)).all()
+    assert result.thresholds[1] > 0.4 and result.f1_after[1] == 1.0
+    assert result.fallback_classes == [2]
+    encoded = json.loads(json.dumps(result.to_dict()))
+    assert all(type(t) is float for t in encoded["thresholds"])
+    assert encoded["thresholds"] == result.thresholds.tolist() and encoded["fallback_classes"] == [2]
+    assert isinstance(result, ThresholdResult)
+
+
+def test_no_positives_anywhere_falls_back_to_fixed_and_bad_arguments_raise():
+    probs, targets = np.full((5, 2), 0.3), np.zeros((5, 2), dtype=int)
+    result = tune_thresholds(probs, targets, fixed=0.6)
+    assert result.global_threshold == 0.6 and result.thresholds.tolist() == [0.6, 0.6]
+    assert result.fallback_classes == [0, 1]
+    with pytest.raises(ValueError, match="method"):
+        tune_thresholds(probs, targets, method="youden")
+    with pytest.raises(ValueError, match="fixed"):
+        tune_thresholds(probs, targets, fixed=0.0)
+    with pytest.raises(ValueError, match="probs"):
+        tune_thresholds(probs * 5, targets)
