@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from mlic.checkpoint import save_checkpoint
-from mlic.config import ThresholdConfig, TrainConfig, save_config, to_dict
+from mlic.config import ConfigError, ThresholdConfig, TrainConfig, save_config, to_dict
 from mlic.data.dataset import MultiLabelDataset
 from mlic.data.labels import build_vocabulary
 from mlic.data.loader import build_loader, load_records
@@ -142,11 +142,17 @@ def _build_trainer(
     cfg: TrainConfig, num_classes: int, train_ds: MultiLabelDataset, steps_per_epoch: int, device: torch.device
 ) -> Trainer:
     o = cfg.optim
-    model = build_model(cfg.model.name, num_classes, **_model_kwargs(cfg))
+    try:
+        model = build_model(cfg.model.name, num_classes, **_model_kwargs(cfg))
+    except (ValueError, ImportError) as exc:
+        raise ConfigError(f"--model {cfg.model.name}: {exc}") from None
     if cfg.model.pretrained:
         from mlic.models.pretrained import load_pretrained
 
-        log(f"pretrained weights: {load_pretrained(model, cfg.model.pretrained)}")
+        try:
+            log(f"pretrained weights: {load_pretrained(model, cfg.model.pretrained).summary()}")
+        except ValueError as exc:
+            raise ConfigError(f"--pretrained: {exc}") from None
     precision = resolve_precision(cfg.runtime.precision, device)
     channels_last = cfg.runtime.channels_last and device.type in ("cpu", "cuda")
     model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
