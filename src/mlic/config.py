@@ -32,6 +32,7 @@ class DataConfig:
     image_size: int = 224  # the seed's input size
     augment: str = "light"  # the seed's: horizontal flip only
     num_workers: int = -1  # -1: chosen from the CPU count
+    skip_bad_images: bool = False  # bad files found by the header scan: stop (default) or leave them out
 
 
 @dataclass

@@ -9,15 +9,16 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from mlic.cli import demo, evaluate, predict, train
+from mlic.cli import data, demo, evaluate, predict, train
 
-SUBCOMMANDS = (demo, train, evaluate, predict)  # explicit, in the order --help lists them
+SUBCOMMANDS = (demo, data, train, evaluate, predict)  # explicit, in the order --help lists them
 
 EPILOG = """examples:
   mlic demo                                              # build demo data, train, evaluate, predict
   mlic train data/train.csv --val data/val.csv --epochs 10 --name shapes
   mlic evaluate runs/shapes/checkpoints/best --data data/test.csv
   mlic predict runs/shapes/checkpoints/best photos/ --format csv --output preds.csv
+  mlic data inspect data/train.csv                       # label statistics and broken/duplicate images
 """
 
 

@@ -43,6 +43,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--val-fraction", type=float, help="fraction held out when no --val (default 0.1)")
     g.add_argument("--image-size", type=int, help="input size in pixels (default 224)")
     g.add_argument("--augment", help="augmentation preset: none|light|standard|strong (default light: horizontal flip)")
+    g.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        default=None,
+        help="leave out files the pre-training scan finds unreadable, instead of stopping",
+    )
     g.add_argument("--workers", dest="num_workers", type=int, help="DataLoader workers (default: by CPU count)")
     g = p.add_argument_group("model and optimisation")
     g.add_argument("--model", help="model name (default seed_cnn)")

@@ -29,8 +29,10 @@ from mlic.checkpoint import save_checkpoint
 from mlic.config import ConfigError, ThresholdConfig, TrainConfig, save_config, to_dict
 from mlic.data.dataset import MultiLabelDataset
 from mlic.data.labels import build_vocabulary
-from mlic.data.loader import build_loader, load_records
+from mlic.data.loader import build_loader, load_records, unknown_labels
 from mlic.data.mixing import Mixer
+from mlic.data.records import DataError
+from mlic.data.scan import format_bad_images, scan_images
 from mlic.data.splits import holdout_split
 from mlic.data.transforms import Preprocessing, build_eval_transform, build_train_transform
 from mlic.engine.ema import ModelEma
@@ -88,8 +90,26 @@ def _load_data(cfg: TrainConfig):
     test_records = load_records(d.test, **read) if d.test else []
     class_names = build_vocabulary(train_records)
     if not class_names:
-        raise ValueError(f"{d.train}: no labels found in the training data")
+        raise DataError(f"{d.train}: no labels found in the training data")
+    for split, records in (("validation", val_records), ("test", test_records)):
+        if unknown := unknown_labels(records, class_names):
+            log(f"warning: {split} labels not in the training data (ignored): {', '.join(unknown)}")
+    train_records, val_records, test_records = (
+        _drop_bad_images(r, d.skip_bad_images, cfg.progress) for r in (train_records, val_records, test_records)
+    )
     return train_records, val_records, test_records, class_names
+
+
+def _drop_bad_images(records: list, skip: bool, progress: bool) -> list:
+    """Fast header scan before training: a bad file stops the run (naming it) unless the user chose to skip."""
+    bad = scan_images(records, progress=progress)
+    if not bad:
+        return records
+    if not skip:
+        raise DataError(format_bad_images(bad) + "\nfix or remove them, or pass --skip-bad-images to leave them out")
+    log(format_bad_images(bad) + "\nleaving them out (--skip-bad-images)")
+    bad_paths = {b.path for b in bad}
+    return [r for r in records if str(r.path) not in bad_paths]
 
 
 def _model_kwargs(cfg: TrainConfig) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mlic.data.readers.csv_reader import StrPath, read_text
+from mlic.data.readers.csv_reader import StrPath, join_image_path, read_text
 from mlic.data.records import DataError, Record
 
 
@@ -36,7 +36,10 @@ def read_coco(path: StrPath, *, image_root: StrPath | None = None, min_area: flo
         if not isinstance(data.get(key), list):
             raise DataError(f"{name}: missing list {key!r} (not a COCO instances file?)")
     categories = _categories(data["categories"], name)
-    images = _images(data["images"], name)
+    images = {
+        image_id: join_image_path(root, file_name, f"{name}:image_id={image_id}")
+        for image_id, file_name in _images(data["images"], name).items()
+    }
     if not images:
         raise DataError(f"{name}: no images")
     found: dict[Any, set[int]] = {image_id: set() for image_id in images}
@@ -54,11 +57,11 @@ def read_coco(path: StrPath, *, image_root: StrPath | None = None, min_area: flo
     rank = {category: idx for idx, category in enumerate(categories)}  # labels follow the category list
     return [
         Record(
-            path=root / file_name,
+            path=image_path,
             positives=tuple(dict.fromkeys(categories[cat] for cat in sorted(found[image_id], key=rank.__getitem__))),
             source=f"{name}:image_id={image_id}",
         )
-        for image_id, file_name in images.items()
+        for image_id, image_path in images.items()
     ]
 
 

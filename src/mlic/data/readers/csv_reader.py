@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from collections.abc import Iterator, Sequence
 from os import PathLike
 from pathlib import Path
@@ -35,6 +36,27 @@ def read_text(path: Path) -> str:
         raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     except OSError as err:
         raise DataError(f"{path}: cannot read ({err.strerror})") from None
+
+
+def join_image_path(root: Path, image: str, where: str, *, allow_absolute: bool = True) -> Path:
+    """``root / image`` with "." and ".." folded away, refusing a relative path that climbs out of ``root``.
+
+    A label file from elsewhere must not make training (or a server) read arbitrary files through
+    "../../" paths; an absolute path is explicit and stays allowed unless ``allow_absolute`` is False
+    (for formats whose entries are image ids, not paths). The path is folded as text and returned folded,
+    so the file that is opened is the one that was checked ("link/../x" cannot leave through a symlink).
+    """
+    if Path(image).is_absolute():
+        if not allow_absolute:
+            raise DataError(f"{where}: image id {image!r} is an absolute path; ids are names inside {root}")
+        return Path(os.path.normpath(image))
+    base = os.path.normpath(root)
+    path = os.path.normpath(os.path.join(base, image))
+    if os.path.commonpath([base, path]) != base:
+        raise DataError(
+            f"{where}: image path {image!r} escapes the image root {root} (use an absolute path to point outside it)"
+        )
+    return Path(path)
 
 
 def csv_rows(text: str, sep: str, name: str) -> Iterator[tuple[int, list[str]]]:
@@ -105,7 +127,9 @@ def read_csv(
             positives, unknown = _split_tags(row[tag_idx], label_delimiter), ()
         else:
             positives, unknown = _class_values(row, header, class_idxs, where)
-        records.append(Record(path=root / image, positives=positives, unknown=unknown, source=where))
+        records.append(
+            Record(path=join_image_path(root, image, where), positives=positives, unknown=unknown, source=where)
+        )
     if not records:
         raise DataError(f"{name}:{header_line}: no rows below the header")
     return records

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mlic.data.readers.csv_reader import StrPath, read_text
+from mlic.data.readers.csv_reader import StrPath, join_image_path, read_text
 from mlic.data.records import DataError, Record
 
 
@@ -55,7 +55,13 @@ def _record(obj: Any, root: Path, where: str) -> Record:
         clash = sorted(set(positives) & set(other))
         if clash:
             raise DataError(f"{where}: {', '.join(map(repr, clash))} in both 'labels' and {other_key!r}")
-    return Record(path=root / image.strip(), positives=positives, negatives=negatives, unknown=unknown, source=where)
+    return Record(
+        path=join_image_path(root, image.strip(), where),
+        positives=positives,
+        negatives=negatives,
+        unknown=unknown,
+        source=where,
+    )
 
 
 def _names(value: Any, key: str, where: str) -> tuple[str, ...]:

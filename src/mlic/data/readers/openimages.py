@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mlic.data.readers.csv_reader import POSITIVE_VALUES, StrPath, csv_rows, read_text
+from mlic.data.readers.csv_reader import POSITIVE_VALUES, StrPath, csv_rows, join_image_path, read_text
 from mlic.data.records import DataError, Record
 
 REQUIRED_COLUMNS = ("ImageID", "LabelName", "Confidence")
@@ -49,7 +49,10 @@ def read_openimages(labels_csv: StrPath, *, class_descriptions: StrPath, image_r
             raise DataError(f"{where}: Confidence {confidence!r} is not 0 or 1 (machine-generated labels unsupported)")
         label = names.get(mid, mid)
         present = confidence in POSITIVE_VALUES
-        sources.setdefault(image_id, where)
+        if image_id not in sources:
+            # an ImageID like "../x" must not leave the root
+            join_image_path(root, f"{image_id}.jpg", where, allow_absolute=False)
+            sources[image_id] = where
         if labels.setdefault(image_id, {}).setdefault(label, present) != present:
             raise DataError(f"{where}: {label!r} ({mid}) is both present and absent for image {image_id}")
     if not labels:

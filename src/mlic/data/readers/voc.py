@@ -7,10 +7,12 @@ neither rewards nor penalises them, which is what ``difficult="ignore"`` reprodu
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from mlic.data.readers.csv_reader import StrPath, read_text
+from defusedxml import DefusedXmlException
+from defusedxml import ElementTree as SafeET
+
+from mlic.data.readers.csv_reader import StrPath, join_image_path, read_text
 from mlic.data.records import DataError, Record
 
 DIFFICULT_CHOICES = ("ignore", "positive", "negative")
@@ -22,6 +24,8 @@ def read_voc(root: StrPath, *, split: str = "train", difficult: str = "ignore") 
     ``difficult``: "ignore" puts a class whose only objects are difficult in ``unknown``; "positive"
     counts difficult objects like any other; "negative" drops them as if absent. The image path is
     ``JPEGImages/<id>.jpg`` (as torchvision does), not the XML's <filename>, which converters often get wrong.
+    An id that is an absolute path or climbs out with ".." is an error. XML entity declarations are refused
+    (defusedxml), so a "billion laughs" file is a quick DataError instead of a hang.
     """
     if difficult not in DIFFICULT_CHOICES:
         raise DataError(f"difficult must be one of {', '.join(DIFFICULT_CHOICES)}; got {difficult!r}")
@@ -38,13 +42,12 @@ def read_voc(root: StrPath, *, split: str = "train", difficult: str = "ignore") 
             continue
         where = f"{split_name}:{number}"
         image_id = fields[0]  # per-class split files add a second "1/-1" column; only the id matters here
+        image_path = join_image_path(root / "JPEGImages", f"{image_id}.jpg", where, allow_absolute=False)
         xml_path = root / "Annotations" / f"{image_id}.xml"
         if not xml_path.is_file():
             raise DataError(f"{where}: no annotation file Annotations/{image_id}.xml for image id {image_id!r}")
         positives, unknown = _labels(xml_path, f"Annotations/{image_id}.xml", difficult)
-        records.append(
-            Record(path=root / "JPEGImages" / f"{image_id}.jpg", positives=positives, unknown=unknown, source=where)
-        )
+        records.append(Record(path=image_path, positives=positives, unknown=unknown, source=where))
     if not records:
         raise DataError(f"{split_name}:1: no image ids (the split file is empty)")
     return records
@@ -53,9 +56,15 @@ def read_voc(root: StrPath, *, split: str = "train", difficult: str = "ignore") 
 def _labels(xml_path: Path, name: str, difficult: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(positives, unknown) from the <object> elements of one annotation file."""
     try:
-        tree = ET.parse(xml_path)
-    except ET.ParseError as err:
+        tree = SafeET.parse(xml_path)
+    except SafeET.ParseError as err:
         raise DataError(f"{name}:{err.position[0]}: invalid XML ({err})") from None
+    except OSError as err:
+        raise DataError(f"{name}: cannot read ({err.strerror or err})") from None
+    except DefusedXmlException as err:  # entity declarations: entity expansion bombs and external entities
+        raise DataError(
+            f"{name}: refused: {err} (VOC annotations never need entities or external references)"
+        ) from None
     positives: dict[str, None] = {}
     difficult_names: dict[str, None] = {}
     for obj in tree.getroot().findall("object"):  # direct children only: <part> elements also carry names
