@@ -10,6 +10,7 @@ HELP = """examples:
   mlic data inspect data/train.csv                     # statistics and problems; exit 1 if any error
   mlic data convert coco/instances.json --to jsonl data/all.jsonl
   mlic data split data/all.csv --val 0.1 --test 0.1 --output-dir data/
+  mlic data fashion-collage /usr/share/datasets/fashion-mnist data/fashion   # benchmark collages
 
 Run `mlic data ACTION --help` for each action's flags.
 """
@@ -76,6 +77,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     split.add_argument("--output-dir", help="where the split CSVs go (default: ./splits-<data name>)")
     split.add_argument("--overwrite", action="store_true", help="replace existing split files")
     split.set_defaults(run=run_split)
+
+    from mlic.cli import data_fashion
+
+    data_fashion.add_parser(actions)
 
 
 def _add_action(actions: argparse._SubParsersAction, name: str, help: str, epilog: str) -> argparse.ArgumentParser:
