@@ -10,7 +10,7 @@ from mlic.data.labels import build_vocabulary
 from mlic.data.loader import build_loader
 from mlic.data.records import Record
 from mlic.data.transforms import Preprocessing, build_eval_transform
-from mlic.engine.loop import train_one_epoch
+from mlic.engine.loop import Span, train_one_epoch
 from mlic.losses import build_loss
 from mlic.models import build_model
 
@@ -39,7 +39,7 @@ def _train(records, class_names, steps=3):
     loader = build_loader(ds, batch_size=16, shuffle=False, num_workers=0)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     stats = train_one_epoch(
-        model, loader, build_loss("bce"), opt, torch.device("cpu"), epoch=1, max_steps=steps, progress=False
+        model, loader, build_loss("bce"), opt, torch.device("cpu"), epoch=1, span=Span(0, steps, len(loader)), progress=False
     )
     return model, stats, ds
 

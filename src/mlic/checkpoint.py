@@ -21,6 +21,8 @@ from torch import nn
 FORMAT_NAME = "mlic-checkpoint"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
+EMA_FILE = "ema.safetensors"
+STATE_FILE = "train_state.pt"  # optimizer/RNG state: tensors and plain values only, read with weights_only=True
 META_FILE = "meta.json"
 REQUIRED_META = ("format", "version", "model", "class_names", "preprocessing")
 
@@ -48,8 +50,22 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> Path:
-    """Write ``model``'s weights and ``meta`` to folder ``path`` atomically (replacing an old one)."""
+def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in unwrap_model(model).state_dict().items()}
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    meta: dict[str, Any],
+    *,
+    train_state: dict[str, Any] | None = None,
+    ema: nn.Module | None = None,
+) -> Path:
+    """Write ``model``'s weights and ``meta`` to folder ``path`` atomically (replacing an old one).
+
+    ``train_state`` (optimizer, schedule, RNG...) and ``ema`` weights make it a resume point.
+    """
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -57,8 +73,14 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) ->
     tmp = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    state = {k: v.detach().contiguous().cpu() for k, v in unwrap_model(model).state_dict().items()}
-    save_file(state, tmp / WEIGHTS_FILE)
+    save_file(_weights(model), tmp / WEIGHTS_FILE)
+    if ema is not None:
+        save_file(_weights(ema), tmp / EMA_FILE)
+    if train_state is not None:
+        with open(tmp / STATE_FILE, "wb") as f:
+            torch.save(train_state, f)
+            f.flush()
+            os.fsync(f.fileno())
     full_meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **meta}
     with open(tmp / META_FILE, "w") as f:  # last: its presence marks the folder complete
         json.dump(full_meta, f, indent=2)
@@ -131,3 +153,51 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
             f"unexpected {result.unexpected_keys[:5]}"
         )
     return model.to(device).eval(), meta
+
+
+def load_train_state(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
+    """The resume state of checkpoint folder ``path``: (train state, EMA weights or None).
+
+    Read with ``torch.load(weights_only=True)`` and never with a fallback to full unpickling, so a
+    crafted file cannot run code; torch older than 2.6 (whose weights-only loader had known
+    bypasses) is refused.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    read_meta(path)
+    if _torch_version() < (2, 6):
+        raise CheckpointError(
+            f"{path}: refusing to read {STATE_FILE} with torch {torch.__version__}; torch >= 2.6 "
+            "is needed to load pickle-based files safely"
+        )
+    state_file = path / STATE_FILE
+    if not state_file.is_file():
+        raise CheckpointError(f"{path}: not a resumable checkpoint ({STATE_FILE} missing)")
+    try:
+        state = torch.load(state_file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError, RuntimeError, EOFError...: never retried unsafely
+        raise CheckpointError(f"{state_file}: not a valid mlic training state ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or "optimizer" not in state:
+        raise CheckpointError(f"{state_file}: not a valid mlic training state")
+    ema = None
+    if (path / EMA_FILE).is_file():
+        try:
+            ema = load_file(path / EMA_FILE)
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"{path / EMA_FILE}: not a valid safetensors file ({exc})") from None
+    return state, ema
+
+
+def load_weights(path: str | Path, model: nn.Module) -> None:
+    """Load checkpoint ``path``'s weights into ``model`` strictly (for resuming)."""
+    from safetensors.torch import load_file
+
+    state = load_file(Path(path) / WEIGHTS_FILE)
+    unwrap_model(model).load_state_dict(state, strict=True)
+
+
+def _torch_version() -> tuple[int, int]:
+    major, minor = torch.__version__.split(".")[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)

@@ -83,6 +83,8 @@ class RuntimeConfig:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     channels_last: bool = True
     compile: bool = False
+    sync_bn: bool = False  # DDP: synchronise BatchNorm statistics across ranks
+    deterministic: bool = False  # torch.use_deterministic_algorithms: bit-identical reruns, maybe slower
 
 
 @dataclass
@@ -98,6 +100,9 @@ class TrainConfig:
     device: str = "auto"  # auto: cuda, then mps, then cpu
     progress: bool = True
     dry_run: bool = False  # one batch of train and val, end to end, then stop
+    checkpoint_every: int = 0  # also write checkpoints/last every N optimizer steps; 0 = at epoch ends only
+    report: bool = True  # write report.html at the end
+    max_minutes: float = 0.0  # training time budget; after epoch 1 the epochs (and schedule) are fitted to it
 
     def validate(self) -> None:
         checks = [
@@ -241,7 +246,20 @@ FLAT_KEYS = {
     **{f.name: f"optim.{f.name}" for f in dataclasses.fields(OptimConfig)},
     **{f"threshold_{f.name}": f"thresholds.{f.name}" for f in dataclasses.fields(ThresholdConfig)},
     **{f.name: f"runtime.{f.name}" for f in dataclasses.fields(RuntimeConfig)},
-    **{k: k for k in ("name", "output_dir", "seed", "device", "progress", "dry_run")},
+    **{
+        k: k
+        for k in (
+            "name",
+            "output_dir",
+            "seed",
+            "device",
+            "progress",
+            "dry_run",
+            "max_minutes",
+            "checkpoint_every",
+            "report",
+        )
+    },
 }
 
 

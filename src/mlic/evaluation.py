@@ -36,6 +36,7 @@ def evaluate_checkpoint(
     device: str | torch.device = "auto",
     num_workers: int = -1,
     progress: bool = True,
+    keep_predictions: bool = False,
 ) -> dict[str, Any]:
     """Metrics of ``checkpoint`` on ``data`` (a label file/folder, or records) as a JSON-ready dict."""
     dev = device if isinstance(device, torch.device) else select_device(device)
@@ -57,7 +58,8 @@ def evaluate_checkpoint(
     if threshold is not None:
         thresholds, source = np.full(len(class_names), threshold), f"override {threshold}"
     elif meta.get("thresholds") is not None:
-        thresholds, source = np.asarray(meta["thresholds"]), "checkpoint (tuned)"
+        method = (meta.get("threshold_info") or {}).get("method", "tuned")
+        thresholds, source = np.asarray(meta["thresholds"]), f"checkpoint ({method})"
     else:
         thresholds, source = np.full(len(class_names), 0.5), "0.5 (checkpoint has no tuned thresholds)"
     metrics = compute_metrics(preds.probs, preds.targets, preds.masks, thresholds, class_names)
@@ -71,7 +73,7 @@ def evaluate_checkpoint(
         "unreadable_images": [{"path": p, "reason": r} for p, r in preds.bad_images],
         **metrics,
         "at_threshold_0.5": {k: at_half[k] for k in OVERALL_KEYS},
-    }
+    } | ({"_predictions": preds} if keep_predictions else {})
 
 
 def _fmt(value: Any) -> str:

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 HELP = """examples:
   mlic train data/train.csv --val data/val.csv --test data/test.csv --name shapes
   mlic train data/train.csv --image-size 96 --epochs 20 --lr 3e-4 --batch-size 64
   mlic train --config configs/seed.yaml --set optim.epochs=3
   mlic train data/train.csv --dry-run           # one batch end to end, to check the set-up
+  mlic train --resume runs/shapes               # continue a stopped run exactly where it stopped
+  torchrun --nproc-per-node 4 -m mlic train data/train.csv --name ddp   # DistributedDataParallel
 
 DATA is a CSV/TSV with an image-path column and either a tag-list column ("cat dog") or one
 0/1 column per class. Image paths are relative to --image-root (default: the CSV's folder).
 Writes runs/<name>/: config.yaml, metrics.csv, history.png, checkpoints/best and checkpoints/last.
+SIGTERM or Ctrl-C finishes the current step, writes checkpoints/last and exits with 128 + the signal
+number (143 for SIGTERM, 130 for SIGINT); --resume continues from there.
 """
 
 
@@ -81,10 +87,25 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="keep the default NCHW memory layout",
     )
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    g.add_argument("--sync-bn", action="store_true", default=None, help="DDP: synchronise BatchNorm across ranks")
+    g.add_argument(
+        "--deterministic",
+        action="store_true",
+        default=None,
+        help="deterministic algorithms only (bit-identical reruns)",
+    )
     g = p.add_argument_group("run")
     g.add_argument("--name", help="run folder name under --output-dir (default: a timestamp)")
     g.add_argument("--output-dir", help="where run folders go (default runs)")
     g.add_argument("--overwrite", action="store_true", help="reuse an existing run folder")
+    g.add_argument(
+        "--resume",
+        metavar="RUN_DIR|auto",
+        help="continue a stopped run exactly from its last checkpoint (auto: the --name run folder)",
+    )
+    g.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps (default: epoch ends only)")
+    g.add_argument("--max-minutes", type=float, help="training time budget; epochs and schedule fitted to it")
+    g.add_argument("--no-report", dest="report", action="store_false", default=None, help="skip report.html")
     g.add_argument("--seed", type=int, help="random seed (default 0)")
     g.add_argument("--device", help="auto|cpu|cuda|cuda:N|mps (default auto)")
     g.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bars")
@@ -94,13 +115,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mlic.config import FLAT_KEYS, TrainConfig, apply_flat, apply_overrides, load_config
-    from mlic.engine.fit import fit
+    from mlic.engine.console import is_main_process
+    from mlic.engine.fit import TrainingInterrupted, fit
 
+    if args.resume and args.resume != "auto" and not args.config and (Path(args.resume) / "config.yaml").is_file():
+        args.config = str(Path(args.resume) / "config.yaml")  # resuming a run folder: its own config by default
     cfg = load_config(args.config) if args.config else TrainConfig()
     cfg = apply_overrides(cfg, args.overrides)
     flat = {k: v for k, v in vars(args).items() if k in FLAT_KEYS and k != "train"}
     cfg = apply_flat(cfg, train=args.data, **flat)
-    result = fit(cfg, overwrite=args.overwrite)
+    try:
+        result = fit(cfg, overwrite=args.overwrite, resume=args.resume)
+    except TrainingInterrupted as exc:
+        print(f"mlic train: {exc}", file=sys.stderr)
+        return exc.exit_code
+    if not is_main_process():
+        return 0
     print(f"run folder: {result.run_dir}")
     print(f"best checkpoint: {result.best_checkpoint} (epoch {result.best_epoch})")
     if result.test_metrics:

@@ -38,7 +38,9 @@ class MultiLabelDataset(Dataset):
         class_names: Sequence[str],
         transform: Callable,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        seed: int = 0,
     ) -> None:
+        self.seed = seed
         self.records = list(records)
         self.class_names = list(class_names)
         self.transform = transform
@@ -53,10 +55,19 @@ class MultiLabelDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        # The training sampler passes (epoch, index): the sample's augmentation is then seeded from
+        # (seed, epoch, index) alone, identical whatever the workers, ranks or interruptions.
+        epoch, i = key if isinstance(key, tuple) else (None, key)
         record = self.records[i]
         try:
-            image = self.transform(decode_image(record.path, max_pixels=self.max_pixels))
+            pixels = decode_image(record.path, max_pixels=self.max_pixels)
+            if epoch is None:
+                image = self.transform(pixels)
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(sample_seed(self.seed, epoch, i))
+                    image = self.transform(pixels)
         except ImageDecodeError as exc:
             return {"index": i, "error": (str(record.path), exc.reason)}
         except OSError as exc:  # e.g. a file that vanished after the existence check
@@ -67,6 +78,11 @@ class MultiLabelDataset(Dataset):
             "target": torch.from_numpy(self.targets[i]),
             "mask": torch.from_numpy(self.masks[i]),
         }
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A well-mixed 63-bit seed for one sample's augmentation in one epoch."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
 def collate(samples: list[dict]) -> Batch:

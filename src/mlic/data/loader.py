@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mlic.data.dataset import check_files_exist, collate
 from mlic.data.readers import read_records
@@ -113,14 +113,19 @@ def build_loader(
     seed: int = 0,
     drop_last: bool = False,
     pin_memory: bool = False,
+    sampler: Sampler | None = None,
 ) -> DataLoader:
-    """A seeded DataLoader: the same seed gives the same order and the same augmentations."""
+    """A seeded DataLoader: the same seed gives the same order and the same augmentations.
+
+    Training passes an ``EpochSampler`` (sharded, resumable); ``shuffle`` is then ignored.
+    """
     workers = default_num_workers() if num_workers < 0 else num_workers
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
         num_workers=workers,
         collate_fn=collate,
         generator=generator,

@@ -1,54 +1,78 @@
-"""``fit``: the one orchestrator. Reads data, builds the model, runs the epochs, writes the run folder.
+"""``fit``: the one orchestrator. Reads data, builds the trainer, runs the epochs, writes the run folder.
 
 Run folder layout (``runs/<name>/``)::
 
     config.yaml        the resolved config
     metrics.csv        one row per epoch
     history.png        loss and metric curves
-    checkpoints/best/  chosen by validation mAP
-    checkpoints/last/
+    checkpoints/best/  chosen by validation mAP (raw or EMA weights, whichever scored better)
+    checkpoints/last/  the latest resume point: raw weights, EMA, optimizer/RNG state, progress
+    predictions/       validation (and test) predictions, for reports
     test_metrics.json  when a test set is given
+
+Under torchrun every rank runs this same code; only rank 0 writes files and prints.
 """
 
 from __future__ import annotations
 
-import csv
 import json
-import math
+import signal
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from tqdm import tqdm
 
-from mlic.checkpoint import save_checkpoint
-from mlic.config import ConfigError, ThresholdConfig, TrainConfig, save_config, to_dict
-from mlic.data.dataset import MultiLabelDataset
-from mlic.data.labels import build_vocabulary
-from mlic.data.loader import build_loader, load_records, unknown_labels
-from mlic.data.mixing import Mixer
-from mlic.data.records import DataError
-from mlic.data.scan import format_bad_images, scan_images
-from mlic.data.splits import holdout_split
-from mlic.data.transforms import Preprocessing, build_eval_transform, build_train_transform
-from mlic.engine.ema import ModelEma
-from mlic.engine.loop import StepOptions, evaluate, train_one_epoch
-from mlic.engine.optim import build_optimizer, build_scheduler
-from mlic.engine.precision import resolve_precision
+from mlic.checkpoint import load_train_state, load_weights, read_meta, save_checkpoint
+from mlic.config import ConfigError, TrainConfig, save_config, to_dict
+from mlic.engine.console import log, set_main_process
+from mlic.engine.data_setup import RunData, prepare_data
+from mlic.engine.distributed import (
+    DistInfo,
+    any_rank,
+    barrier,
+    gather_rows,
+    init_distributed,
+    shutdown_distributed,
+)  # fmt: skip
+from mlic.engine.loop import Predictions, Span, evaluate, train_one_epoch
+from mlic.engine.run_folder import (
+    checkpoint_meta,
+    make_run_dir,
+    plot_history_png,
+    summary_line,
+    write_metrics_csv,
+)  # fmt: skip
 from mlic.engine.runtime import seed_everything, select_device
-from mlic.losses import auto_pos_weight, build_loss
+from mlic.engine.trainer import Trainer, build_trainer, fit_to_budget, load_trainer_state, set_freeze, trainer_state
 from mlic.metrics import compute_metrics
-from mlic.models import build_model
-from mlic.thresholds import tune_thresholds
 
-METRIC_COLUMNS = [
-    "epoch", "train_loss", "val_loss", "val_mAP", "val_f1_micro", "val_f1_macro", "val_f1_samples",
-    "val_hamming_loss", "val_exact_match", "val_mAP_ema", "lr", "seconds", "train_images_per_second",
-]  # fmt: skip
+VAL_KEYS = ("mAP", "f1_micro", "f1_macro", "f1_samples", "hamming_loss", "exact_match")
+# Config keys a resumed run must share with the checkpoint; anything else (epochs, workers, device) may change.
+RESUME_KEYS = (
+    "model.name",
+    "model.widths",
+    "model.hidden",
+    "data.image_size",
+    "data.train",
+    "data.val",
+    "optim.batch_size",
+    "optim.accum_steps",
+    "optim.optimizer",
+    "optim.loss",
+    "optim.ema",
+    "seed",
+)
+
+
+class TrainingInterrupted(Exception):
+    """SIGTERM/SIGINT: the current step finished, a checkpoint was written; ``exit_code`` is 128 + signal."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass
@@ -62,300 +86,297 @@ class RunResult:
     class_names: list[str] = field(default_factory=list)
 
 
-def log(message: str) -> None:
-    """Print without breaking an active progress bar."""
-    tqdm.write(message)
-
-
-def make_run_dir(output_dir: str, name: str | None, overwrite: bool) -> Path:
-    name = name or datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(output_dir) / name
-    if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"run folder {run_dir} already exists; choose another --name or pass --overwrite")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
-
-
-def _load_data(cfg: TrainConfig):
-    d = cfg.data
-    read = dict(fmt=d.format, image_root=d.image_root, label_delimiter=d.label_delimiter)
-    train_records = load_records(d.train, **read)
-    if d.val:
-        val_records = load_records(d.val, **read)
-    elif d.val_fraction > 0:
-        train_records, val_records = holdout_split(train_records, d.val_fraction, seed=cfg.seed)
-        log(f"no validation file: holding out {len(val_records)} of {len(train_records) + len(val_records)} images")
-    else:
-        val_records = []
-    test_records = load_records(d.test, **read) if d.test else []
-    class_names = build_vocabulary(train_records)
-    if not class_names:
-        raise DataError(f"{d.train}: no labels found in the training data")
-    for split, records in (("validation", val_records), ("test", test_records)):
-        if unknown := unknown_labels(records, class_names):
-            log(f"warning: {split} labels not in the training data (ignored): {', '.join(unknown)}")
-    train_records, val_records, test_records = (
-        _drop_bad_images(r, d.skip_bad_images, cfg.progress) for r in (train_records, val_records, test_records)
-    )
-    return train_records, val_records, test_records, class_names
-
-
-def _drop_bad_images(records: list, skip: bool, progress: bool) -> list:
-    """Fast header scan before training: a bad file stops the run (naming it) unless the user chose to skip."""
-    bad = scan_images(records, progress=progress)
-    if not bad:
-        return records
-    if not skip:
-        raise DataError(format_bad_images(bad) + "\nfix or remove them, or pass --skip-bad-images to leave them out")
-    log(format_bad_images(bad) + "\nleaving them out (--skip-bad-images)")
-    bad_paths = {b.path for b in bad}
-    return [r for r in records if str(r.path) not in bad_paths]
-
-
-def _model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
-    """Constructor arguments, stored in checkpoints so the model can be rebuilt (plain JSON values)."""
-    kwargs: dict[str, Any] = {"drop_rate": cfg.model.drop_rate}
-    if cfg.model.name == "seed_cnn":
-        kwargs |= {"widths": list(cfg.model.widths), "hidden": cfg.model.hidden}
-    return kwargs
-
-
-def _checkpoint_meta(
-    cfg: TrainConfig, class_names, pre: Preprocessing, epoch: int, val: dict | None, tcfg: ThresholdConfig
-) -> dict[str, Any]:
-    """Checkpoint metadata; thresholds are tuned on this epoch's validation predictions (None: 0.5 everywhere)."""
-    thresholds, info = None, None
-    if val is not None and len(val["preds"].probs):
-        p = val["preds"]
-        tuned = tune_thresholds(
-            p.probs, p.targets, p.masks, method=tcfg.method, min_positives=tcfg.min_positives, fixed=tcfg.fixed
-        )
-        thresholds, info = [float(x) for x in tuned.thresholds], tuned.to_dict()
-    return {
-        "model": {"name": cfg.model.name, "kwargs": _model_kwargs(cfg)},
-        "class_names": list(class_names),
-        "thresholds": thresholds,
-        "threshold_info": info,
-        "preprocessing": pre.to_dict(),
-        "epoch": epoch,
-        "metrics": _scalar_metrics(val["metrics"]) if val else {},
-        "config": to_dict(cfg),
-        "created": datetime.now().isoformat(timespec="seconds"),
-        "torch_version": torch.__version__,
-    }
-
-
 @dataclass
-class Trainer:
-    """Everything ``fit`` builds once and the epoch loop uses."""
+class Progress:
+    """Where training stands; stored in ``checkpoints/last/meta.json`` so a run can resume exactly."""
 
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    loss_fn: torch.nn.Module
-    opts: StepOptions
-    ema: ModelEma | None
-    mixer: Callable | None
-
-
-def _build_trainer(
-    cfg: TrainConfig, num_classes: int, train_ds: MultiLabelDataset, steps_per_epoch: int, device: torch.device
-) -> Trainer:
-    o = cfg.optim
-    try:
-        model = build_model(cfg.model.name, num_classes, **_model_kwargs(cfg))
-    except (ValueError, ImportError) as exc:
-        raise ConfigError(f"--model {cfg.model.name}: {exc}") from None
-    if cfg.model.pretrained:
-        from mlic.models.pretrained import load_pretrained
-
-        try:
-            log(f"pretrained weights: {load_pretrained(model, cfg.model.pretrained).summary()}")
-        except ValueError as exc:
-            raise ConfigError(f"--pretrained: {exc}") from None
-    precision = resolve_precision(cfg.runtime.precision, device)
-    channels_last = cfg.runtime.channels_last and device.type in ("cpu", "cuda")
-    model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    optimizer = build_optimizer(model, o.optimizer, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum)
-    optim_steps = math.ceil(steps_per_epoch / o.accum_steps)
-    scheduler = build_scheduler(
-        optimizer, o.schedule, total_steps=optim_steps * o.epochs, warmup_steps=round(o.warmup_epochs * optim_steps)
-    )
-    pos_weight = None
-    if o.pos_weight == "auto":
-        pos_weight = auto_pos_weight(train_ds.targets, train_ds.masks).to(device)
-    loss_fn = build_loss(
-        o.loss,
-        pos_weight=pos_weight,
-        gamma=o.focal_gamma,
-        gamma_pos=o.asl_gamma_pos,
-        gamma_neg=o.asl_gamma_neg,
-        clip=o.asl_clip,
-    )
-    scaler = torch.amp.GradScaler(device.type) if precision.use_scaler else None
-    opts = StepOptions(precision, channels_last, o.accum_steps, o.clip_grad, scaler=scaler)
-    mixer = None
-    if o.mixup_alpha > 0 or o.cutmix_alpha > 0:
-        mixer = Mixer(
-            mixup_alpha=o.mixup_alpha,
-            cutmix_alpha=o.cutmix_alpha,
-            prob=o.mix_prob,
-            generator=torch.Generator(device="cpu").manual_seed(cfg.seed),
-        )
-    ema = ModelEma(model, o.ema_decay) if o.ema else None  # copied before compiling: the copy stays eager
-    if cfg.runtime.compile:
-        # Off by default: on CPU, inductor measured slower than eager for training (issue 5's table).
-        model = torch.compile(model)
-    log(
-        f"precision {precision.name}, channels_last {channels_last}, optimizer {o.optimizer}, schedule {o.schedule}, "
-        f"loss {o.loss}" + (", EMA" if ema else "") + (", MixUp/CutMix" if mixer else "")
-    )
-    return Trainer(model, optimizer, scheduler, loss_fn, opts, ema, mixer)
+    epochs: int  # planned (a time budget may lower it after epoch 1)
+    epoch: int = 0  # completed epochs
+    step: int = 0  # steps done in epoch ``epoch + 1``
+    loss_sum: float = 0.0  # partial-epoch loss and image count, so a resumed epoch logs the same mean
+    images: int = 0
+    seconds: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=lambda: {"score": None, "epoch": 0, "weights": "raw"})
 
 
-def fit(cfg: TrainConfig, *, overwrite: bool = False) -> RunResult:
-    """Train per ``cfg`` and return where everything was written."""
+def fit(cfg: TrainConfig, *, overwrite: bool = False, resume: str | None = None) -> RunResult:
+    """Train per ``cfg`` and return where everything was written.
+
+    ``resume``: a run folder, or ``"auto"`` for this config's own run folder, to continue from its last
+    complete checkpoint.
+    """
     cfg.validate()
+    info, device = init_distributed(select_device(cfg.device))
+    set_main_process(info.is_main)
+    try:
+        return _fit(cfg, info, device, overwrite, resume)
+    finally:
+        shutdown_distributed()
+
+
+def _fit(cfg: TrainConfig, info: DistInfo, device: torch.device, overwrite: bool, resume: str | None) -> RunResult:
+    if cfg.runtime.deterministic:
+        torch.use_deterministic_algorithms(True)
     seed_everything(cfg.seed)
-    device = select_device(cfg.device)
-    run_dir = make_run_dir(cfg.output_dir, cfg.name, overwrite)
-    save_config(cfg, run_dir / "config.yaml")
+    run_dir = _resolve_run_dir(cfg, overwrite, resume, info)
+    log(f"run folder: {run_dir} (device {device})")
+    data = prepare_data(cfg, info)
+    steps_per_epoch = len(data.train_loader)
+    t = build_trainer(cfg, len(data.class_names), data.train_ds, steps_per_epoch, device, info)
+    progress = Progress(epochs=1 if cfg.dry_run else cfg.optim.epochs)
+    if resume:
+        progress = _restore(run_dir / "checkpoints" / "last", cfg, data, t)
+    stop = _StopFlag()
+    with stop.installed():
+        _train(cfg, info, device, run_dir, data, t, progress, steps_per_epoch, stop)
+    return _finish(cfg, info, device, run_dir, data, progress)
 
-    train_records, val_records, test_records, class_names = _load_data(cfg)
-    pre = Preprocessing(image_size=cfg.data.image_size)
-    bs, workers = cfg.optim.batch_size, cfg.data.num_workers
-    train_ds = MultiLabelDataset(train_records, class_names, build_train_transform(pre, cfg.data.augment))
-    train_loader = build_loader(train_ds, batch_size=bs, shuffle=True, num_workers=workers, seed=cfg.seed)
-    val_loader = None
-    if val_records:
-        val_ds = MultiLabelDataset(val_records, class_names, build_eval_transform(pre))
-        val_loader = build_loader(val_ds, batch_size=bs, shuffle=False, num_workers=workers)
-    log(f"run folder: {run_dir}")
-    log(
-        f"data: {len(train_records)} train, {len(val_records)} val, {len(test_records)} test images; "
-        f"{len(class_names)} classes; device {device}"
-    )
 
-    t = _build_trainer(cfg, len(class_names), train_ds, len(train_loader), device)
-    max_steps = 1 if cfg.dry_run else None
-    epochs = 1 if cfg.dry_run else cfg.optim.epochs
-    history: list[dict[str, Any]] = []
-    best = {"score": -float("inf"), "epoch": 0, "weights": "raw"}
-    ckpt_dir = run_dir / "checkpoints"
-    for epoch in range(1, epochs + 1):
-        epoch_start = time.perf_counter()
-        _set_freeze(t.model, cfg.model.freeze_backbone_epochs, epoch)
+def _train(cfg, info, device, run_dir, data: RunData, t: Trainer, p: Progress, steps_per_epoch: int, stop) -> None:
+    train_start = time.perf_counter()
+    while p.epoch < p.epochs:
+        epoch = p.epoch + 1
+        set_freeze(t.raw, cfg.model.freeze_backbone_epochs, epoch)
+        data.train_sampler.set_position(epoch, p.step * cfg.optim.batch_size)
+        total = 1 if cfg.dry_run else steps_per_epoch
+        end = total if not cfg.checkpoint_every else min(total, p.step + cfg.checkpoint_every)
         stats = train_one_epoch(
-            t.model,
-            train_loader,
-            t.loss_fn,
-            t.optimizer,
-            device,
-            epoch=epoch,
-            opts=t.opts,
-            scheduler=t.scheduler,
-            ema=t.ema,
-            mixer=t.mixer,
-            max_steps=max_steps,
-            progress=cfg.progress,
-        )
+            t.model, data.train_loader, t.loss_fn, t.optimizer, device, epoch=epoch, opts=t.opts,
+            scheduler=t.scheduler, ema=t.ema, mixer=t.mixer, span=Span(p.step, end, total),
+            should_stop=lambda: any_rank(stop.signum is not None, info), progress=cfg.progress,
+        )  # fmt: skip
         _report_bad(stats.bad_images)
-        row: dict[str, Any] = {
-            "epoch": epoch,
-            "train_loss": stats.loss,
-            "lr": t.optimizer.param_groups[0]["lr"],
-            "train_images_per_second": stats.images_per_second,
-        }
-        candidates = {"raw": t.model} | ({"ema": t.ema.module} if t.ema else {})
-        scored = {}
-        for tag, net in candidates.items():
-            scored[tag] = _validate(net, val_loader, t, device, class_names, cfg, max_steps) if val_loader else None
-        raw = scored["raw"]
-        if raw is not None:
-            row |= {"val_loss": raw["loss"]} | {f"val_{k}": raw["metrics"][k] for k in VAL_KEYS}
-        if scored.get("ema") is not None:
-            row["val_mAP_ema"] = scored["ema"]["metrics"]["mAP"]
-        row["seconds"] = time.perf_counter() - epoch_start
-        history.append(row)
-        _append_metrics_row(run_dir / "metrics.csv", row)
-        log(_summary_line(row, epochs))
-
-        # Best by validation mAP over the raw and EMA weights; with no validation the latest epoch wins.
-        tag, net, result = _pick(candidates, scored)
-        score = float(epoch) if result is None or result["metrics"]["mAP"] is None else result["metrics"]["mAP"]
-        meta = _checkpoint_meta(cfg, class_names, pre, epoch, result, cfg.thresholds) | {"weights": tag}
-        save_checkpoint(ckpt_dir / "last", net, meta)
-        if score > best["score"]:
-            best = {"score": score, "epoch": epoch, "weights": tag}
-            save_checkpoint(ckpt_dir / "best", net, meta | {"best_by": "val_mAP"})
-        elif cfg.optim.early_stopping and epoch - best["epoch"] >= cfg.optim.early_stopping:
-            log(f"early stopping: no better val mAP for {cfg.optim.early_stopping} epochs")
+        p.step, p.loss_sum, p.images = stats.next_step, p.loss_sum + stats.loss_sum, p.images + stats.images
+        p.seconds += stats.seconds
+        if stats.next_step < total:  # a step checkpoint, or a signal: save the resume point
+            _save_last(cfg, run_dir, data, t, p, info, val=None)
+            if stats.stopped:
+                _raise_interrupted(stop, run_dir, p)
+            continue
+        row = _end_epoch(cfg, info, device, run_dir, data, t, p, epoch)
+        if cfg.max_minutes > 0 and epoch == 1:
+            p.epochs = fit_to_budget(t, cfg, steps_per_epoch, p.epochs, time.perf_counter() - train_start)
+        if stop.signum is not None:
+            _raise_interrupted(stop, run_dir, p)
+        if cfg.optim.early_stopping and epoch - p.best["epoch"] >= cfg.optim.early_stopping:
+            log(f"early stopping: no better val mAP for {cfg.optim.early_stopping} epochs (last: {row.get('val_mAP')})")
             break
 
-    _plot_history(history, run_dir / "history.png")
-    result = RunResult(run_dir, ckpt_dir / "best", ckpt_dir / "last", best["epoch"], history, class_names=class_names)
-    if val_loader:
-        log(f"best epoch {best['epoch']} (val mAP {best['score']:.4f}, {best['weights']} weights)")
-    else:
-        log(f"no validation set: kept the last epoch ({best['epoch']})")
-    if test_records:
-        result.test_metrics = _test(result.best_checkpoint, test_records, cfg, device, run_dir)
-    return result
+
+def _end_epoch(cfg, info, device, run_dir, data: RunData, t: Trainer, p: Progress, epoch: int) -> dict[str, Any]:
+    """Validate raw (and EMA) weights, log the epoch, write metrics and checkpoints."""
+    row: dict[str, Any] = {
+        "epoch": epoch,
+        "train_loss": p.loss_sum / max(p.images, 1),
+        "lr": t.optimizer.param_groups[0]["lr"],
+        "train_images_per_second": p.images / p.seconds,
+    }
+    candidates = {"raw": t.raw} | ({"ema": t.ema.module} if t.ema else {})
+    scored = {tag: _validate(net, data, t, device, cfg, info) for tag, net in candidates.items()}
+    if scored["raw"] is not None:
+        row |= {"val_loss": scored["raw"]["loss"]} | {f"val_{k}": scored["raw"]["metrics"][k] for k in VAL_KEYS}
+    if scored.get("ema") is not None:
+        row["val_mAP_ema"] = scored["ema"]["metrics"]["mAP"]
+    row["seconds"] = p.seconds  # training time of the epoch (validation excluded), summed over resumes
+    p.epoch, p.step, p.loss_sum, p.images, p.seconds = epoch, 0, 0.0, 0, 0.0
+    p.history.append(row)
+    log(summary_line(row, p.epochs))
+
+    # Best by validation mAP over the raw and EMA weights; with no validation the latest epoch wins.
+    tag = _pick(scored)
+    chosen = scored[tag]
+    score = float(epoch) if chosen is None or chosen["metrics"]["mAP"] is None else chosen["metrics"]["mAP"]
+    is_best = p.best["score"] is None or score > p.best["score"]
+    if is_best:
+        p.best = {"score": score, "epoch": epoch, "weights": tag}
+    if info.is_main:
+        write_metrics_csv(run_dir / "metrics.csv", p.history)
+        if is_best:
+            meta = checkpoint_meta(cfg, data.class_names, data.preprocessing, epoch, chosen, cfg.thresholds)
+            save_checkpoint(
+                run_dir / "checkpoints" / "best", candidates[tag], meta | {"weights": tag, "best_by": "val_mAP"}
+            )
+            if chosen is not None:
+                _save_predictions(
+                    run_dir / "predictions" / "val.npz",
+                    chosen["preds"],
+                    data.val_records,
+                    data.class_names,
+                    meta["thresholds"],
+                )
+    _save_last(cfg, run_dir, data, t, p, info, val=scored["raw"])
+    return row
 
 
-VAL_KEYS = ("mAP", "f1_micro", "f1_macro", "f1_samples", "hamming_loss", "exact_match")
-
-
-def _validate(net, loader, t: Trainer, device, class_names, cfg: TrainConfig, max_steps) -> dict[str, Any]:
+def _validate(net, data: RunData, t: Trainer, device, cfg: TrainConfig, info: DistInfo) -> dict[str, Any] | None:
+    if data.val_loader is None:
+        return None
     preds = evaluate(
         net,
-        loader,
+        data.val_loader,
         device,
         t.loss_fn,
-        max_steps=max_steps,
+        max_steps=1 if cfg.dry_run else None,
         progress=cfg.progress,
         desc="val",
         precision=t.opts.precision,
         channels_last=t.opts.channels_last,
     )
-    return {
-        "loss": preds.loss,
-        "preds": preds,
-        "metrics": compute_metrics(preds.probs, preds.targets, preds.masks, 0.5, class_names),
-    }
+    if info.enabled:  # every rank evaluated its shard: gather, order by index, drop the padding duplicates
+        losses = np.full(len(preds.indices), preds.loss, np.float64)
+        idx, probs, targets, masks, losses = gather_rows(
+            info, preds.indices, preds.probs, preds.targets, preds.masks, losses
+        )
+        preds = Predictions(probs, targets, masks, idx, float(losses.mean()) if len(losses) else 0.0, preds.bad_images)
+    metrics = compute_metrics(preds.probs, preds.targets, preds.masks, 0.5, data.class_names)
+    return {"loss": preds.loss, "preds": preds, "metrics": metrics}
 
 
-def _pick(candidates: dict, scored: dict) -> tuple[str, torch.nn.Module, dict | None]:
-    """The candidate (raw or EMA weights) with the higher validation mAP; raw on ties or without validation."""
-    tag = "raw"
-    ema = scored.get("ema")
-    if ema is not None and (ema["metrics"]["mAP"] or -1) > (scored["raw"]["metrics"]["mAP"] or -1):
-        tag = "ema"
-    return tag, candidates[tag], scored[tag]
+def _pick(scored: dict) -> str:
+    """Raw or EMA weights, whichever had the higher validation mAP; raw on ties or without validation."""
+    ema, raw = scored.get("ema"), scored["raw"]
+    if ema is not None and (ema["metrics"]["mAP"] or -1) > (raw["metrics"]["mAP"] or -1):
+        return "ema"
+    return "raw"
 
 
-def _set_freeze(model: torch.nn.Module, freeze_epochs: int, epoch: int) -> None:
-    if freeze_epochs <= 0 or epoch not in (1, freeze_epochs + 1):
-        return
-    from mlic.models.pretrained import set_backbone_trainable
+def _save_last(cfg, run_dir: Path, data: RunData, t: Trainer, p: Progress, info: DistInfo, val) -> None:
+    """The resume point: raw weights, EMA, optimizer/schedule/RNG state, progress. Rank 0 writes it."""
+    barrier(info)
+    if info.is_main:
+        meta = checkpoint_meta(cfg, data.class_names, data.preprocessing, p.epoch, val, cfg.thresholds)
+        if val is None and (old := _read_meta_or_none(run_dir / "checkpoints" / "last")):
+            meta["thresholds"], meta["threshold_info"] = old.get("thresholds"), old.get("threshold_info")
+        save_checkpoint(
+            run_dir / "checkpoints" / "last",
+            t.raw,
+            meta | {"weights": "raw", "progress": asdict(p)},
+            train_state=trainer_state(t),
+            ema=t.ema.module if t.ema else None,
+        )
+    barrier(info)
 
-    set_backbone_trainable(model, epoch > freeze_epochs)
-    log("backbone frozen: training the head only" if epoch == 1 else "backbone unfrozen")
+
+def _restore(last: Path, cfg: TrainConfig, data: RunData, t: Trainer) -> Progress:
+    meta = read_meta(last)
+    _check_compatible(meta, cfg, data.class_names, last)
+    state, ema = load_train_state(last)
+    load_weights(last, t.raw)
+    if t.ema is not None and ema is not None:
+        t.ema.module.load_state_dict(ema)
+    load_trainer_state(t, state)
+    p = Progress(**meta["progress"])
+    log(f"resuming from {last}: epoch {p.epoch} complete, {p.step} step(s) into epoch {p.epoch + 1}")
+    return p
 
 
-def _test(checkpoint: Path, records, cfg: TrainConfig, device: torch.device, run_dir: Path) -> dict[str, Any]:
+def _check_compatible(meta: dict, cfg: TrainConfig, class_names: list[str], path: Path) -> None:
+    saved, now = meta.get("config", {}), to_dict(cfg)
+    diffs = []
+    for dotted in RESUME_KEYS:
+        a, b = saved, now
+        for part in dotted.split("."):
+            a, b = (a or {}).get(part), (b or {}).get(part)
+        if a != b:
+            diffs.append(f"{dotted} (checkpoint: {a!r}, now: {b!r})")
+    if list(meta["class_names"]) != list(class_names):
+        diffs.append(f"class names (checkpoint: {len(meta['class_names'])} classes, now: {len(class_names)})")
+    if diffs:
+        raise ConfigError(f"cannot resume from {path}: the config differs in " + "; ".join(diffs))
+
+
+def _resolve_run_dir(cfg: TrainConfig, overwrite: bool, resume: str | None, info: DistInfo) -> Path:
+    if resume and resume != "auto":
+        run_dir = Path(resume)
+    elif resume == "auto":
+        run_dir = Path(cfg.output_dir) / (cfg.name or "")
+        if not cfg.name:
+            raise ConfigError("--resume auto needs --name (the run folder to continue)")
+    else:
+        run_dir = make_run_dir(cfg.output_dir, cfg.name, overwrite) if info.is_main else None
+        run_dir = _broadcast_path(run_dir, info)
+    if resume and not (run_dir / "checkpoints" / "last" / "meta.json").is_file():
+        raise ConfigError(f"--resume: no complete checkpoint in {run_dir / 'checkpoints' / 'last'}")
+    if info.is_main:
+        save_config(cfg, run_dir / "config.yaml")
+    return run_dir
+
+
+def _broadcast_path(path: Path | None, info: DistInfo) -> Path:
+    """Rank 0 names the run folder (a timestamp by default); the others use the same."""
+    if not info.enabled:
+        return path
+    box = [str(path) if path else None]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return Path(box[0])
+
+
+def _finish(cfg, info, device, run_dir: Path, data: RunData, p: Progress) -> RunResult:
+    ckpt = run_dir / "checkpoints"
+    result = RunResult(run_dir, ckpt / "best", ckpt / "last", p.best["epoch"], p.history, class_names=data.class_names)
+    if data.val_loader is not None:
+        log(f"best epoch {p.best['epoch']} (val mAP {p.best['score']:.4f}, {p.best['weights']} weights)")
+    else:
+        log(f"no validation set: kept the last epoch ({p.best['epoch']})")
+    if info.is_main:
+        plot_history_png(p.history, run_dir / "history.png")
+        if data.test_records:
+            result.test_metrics = _test(result.best_checkpoint, data, cfg, device, run_dir)
+        if cfg.report and not cfg.dry_run:
+            _write_report(run_dir)
+    barrier(info)
+    return result
+
+
+def _test(checkpoint: Path, data: RunData, cfg: TrainConfig, device, run_dir: Path) -> dict[str, Any]:
     from mlic.evaluation import evaluate_checkpoint
 
     report = evaluate_checkpoint(
         checkpoint,
-        records,
+        data.test_records,
         batch_size=cfg.optim.batch_size,
         device=device,
         num_workers=cfg.data.num_workers,
         progress=cfg.progress,
+        keep_predictions=True,
+    )
+    preds = report.pop("_predictions")
+    meta = read_meta(checkpoint)
+    _save_predictions(
+        run_dir / "predictions" / "test.npz", preds, data.test_records, data.class_names, meta.get("thresholds")
     )
     (run_dir / "test_metrics.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def _save_predictions(path: Path, preds: Predictions, records, class_names, thresholds) -> None:
+    try:
+        from mlic.predictions_io import save_predictions
+    except ImportError:  # reports are optional; training never fails for want of them
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    paths = [str(records[i].path) for i in preds.indices]
+    save_predictions(
+        path,
+        probs=preds.probs,
+        targets=preds.targets,
+        masks=preds.masks,
+        paths=paths,
+        class_names=list(class_names),
+        thresholds=thresholds,
+    )
+
+
+def _write_report(run_dir: Path) -> None:
+    try:
+        from mlic.report import build_report
+    except ImportError:
+        return
+    try:
+        log(f"report: {build_report(run_dir)}")
+    except Exception as exc:  # a report must never cost the user a finished training run
+        log(f"warning: could not write the report: {type(exc).__name__}: {exc}")
 
 
 def _report_bad(bad: list[tuple[str, str]], limit: int = 5) -> None:
@@ -365,30 +386,48 @@ def _report_bad(bad: list[tuple[str, str]], limit: int = 5) -> None:
         log(f"warning: ... and {len(bad) - limit} more unreadable images skipped")
 
 
-def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in metrics.items() if isinstance(v, int | float) or v is None}
+def _read_meta_or_none(path: Path) -> dict | None:
+    try:
+        return read_meta(path)
+    except Exception:
+        return None
 
 
-def _summary_line(row: dict[str, Any], epochs: int) -> str:
-    parts = [f"epoch {row['epoch']}/{epochs}", f"train_loss {row['train_loss']:.4f}"]
-    for key in ("val_loss", "val_mAP", "val_f1_micro", "val_f1_macro", "val_exact_match"):
-        if row.get(key) is not None:
-            parts.append(f"{key} {row[key]:.4f}")
-    parts.append(f"{row['train_images_per_second']:.1f} img/s")
-    parts.append(f"{row['seconds']:.1f}s")
-    return " | ".join(parts)
+def _raise_interrupted(stop: _StopFlag, run_dir: Path, p: Progress) -> None:
+    name = signal.Signals(stop.signum).name
+    raise TrainingInterrupted(
+        f"{name}: stopped after epoch {p.epoch} step {p.step}; checkpoint written to {run_dir / 'checkpoints/last'}. "
+        f"Continue with: mlic train --resume {run_dir}",
+        128 + stop.signum,
+    )
 
 
-def _append_metrics_row(path: Path, row: dict[str, Any]) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in METRIC_COLUMNS})
+class _StopFlag:
+    """SIGTERM / SIGINT set a flag; the loop finishes its step, checkpoints and stops (preemption-friendly)."""
 
+    def __init__(self) -> None:
+        self.signum: int | None = None
 
-def _plot_history(history: list[dict[str, Any]], path: Path) -> None:
-    from mlic.plots import plot_history
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        self.signum = signum
+        log(f"{signal.Signals(signum).name} received: finishing the current step, then writing a checkpoint")
 
-    plot_history(history, path)
+    def installed(self):
+        import contextlib
+        import threading
+
+        @contextlib.contextmanager
+        def scope():
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+            try:
+                yield
+            finally:
+                for s, handler in old.items():
+                    signal.signal(s, handler)
+
+        return scope()

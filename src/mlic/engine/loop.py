@@ -19,15 +19,30 @@ from mlic.engine.precision import Precision
 
 @dataclass
 class EpochStats:
-    loss: float
+    loss_sum: float  # sum of per-image losses over the steps run
     images: int
     seconds: float
+    next_step: int  # the epoch's next step to run (== span.total when the epoch is complete)
+    stopped: bool = False  # ended early because should_stop() said so
     bad_images: list[tuple[str, str]] = field(default_factory=list)
     skipped_steps: int = 0  # steps whose loss was NaN/inf, skipped with the weights untouched
 
     @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.images, 1)
+
+    @property
     def images_per_second(self) -> float:
         return self.images / max(self.seconds, 1e-9)
+
+
+@dataclass(frozen=True)
+class Span:
+    """Which steps of an epoch to run: [first, end) of ``total``. The loader starts at ``first``."""
+
+    first: int
+    end: int
+    total: int
 
 
 class NonFiniteLossError(RuntimeError):
@@ -58,19 +73,32 @@ def train_one_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     ema: ModelEma | None = None,
     mixer: Callable | None = None,
-    max_steps: int | None = None,
+    span: Span | None = None,
+    should_stop: Callable[[], bool] | None = None,
     progress: bool = True,
 ) -> EpochStats:
+    """Run the steps of ``span`` (default: the whole loader); stop early, after an optimizer step, when
+    ``should_stop()`` turns true (SIGTERM, step checkpoints)."""
     opts = opts or StepOptions()
+    span = span or Span(0, len(loader), len(loader))
     model.train()
-    total_loss, seen, bad, skipped, bad_in_row = 0.0, 0, [], 0, 0
-    num_batches = len(loader) if max_steps is None else min(max_steps, len(loader))
-    optimizer.zero_grad(set_to_none=True)
+    total_loss, seen, bad, skipped, bad_in_row, stopped = 0.0, 0, [], 0, 0, False
+    step = span.first
     start = time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress, dynamic_ncols=True)
-    for step, batch in enumerate(bar):
-        if step >= num_batches:
+    bar = tqdm(
+        loader,
+        desc=f"epoch {epoch}",
+        unit="batch",
+        leave=False,
+        disable=not progress,
+        dynamic_ncols=True,
+        initial=span.first,
+        total=span.total,
+    )
+    for batch in bar:
+        if step >= span.end:
             break
+        step += 1  # steps are counted 1-based from here: ``step`` batches of the epoch are done
         bad += batch.errors
         if len(batch) == 0:  # every image in this batch was unreadable
             continue
@@ -103,20 +131,24 @@ def train_one_epoch(
         scaled = loss / opts.accum_steps
         (opts.scaler.scale(scaled) if opts.scaler else scaled).backward()
 
-        # step every accum_steps batches and at the end of the epoch
-        if (step + 1) % opts.accum_steps == 0 or step + 1 == num_batches:
-            _optimizer_step(model, optimizer, opts)
-            if scheduler is not None:
-                scheduler.step()
-            if ema is not None:
-                ema.update(model)
-
         # log: .item() syncs with the device, once per step is cheap enough at these batch sizes
         n = images.shape[0]
         total_loss += loss.item() * n
         seen += n
         bar.set_postfix(loss=f"{total_loss / seen:.4f}", img_s=f"{seen / (time.perf_counter() - start):.1f}")
-    return EpochStats(total_loss / max(seen, 1), seen, time.perf_counter() - start, bad, skipped)
+
+        # step every accum_steps batches and at the end of the epoch; only then may we stop early
+        if step % opts.accum_steps == 0 or step == span.total:
+            _optimizer_step(model, optimizer, opts)
+            if scheduler is not None:
+                scheduler.step()
+            if ema is not None:
+                ema.update(model)
+            if should_stop is not None and step < span.end and should_stop():
+                stopped = True
+                break
+    bar.close()
+    return EpochStats(total_loss, seen, time.perf_counter() - start, step, stopped, bad, skipped)
 
 
 def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, opts: StepOptions) -> None:
