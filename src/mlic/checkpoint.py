@@ -98,11 +98,19 @@ def save_checkpoint(
     return path
 
 
+def recover_checkpoint(path: Path) -> None:
+    """Finish a swap cut short by a crash: ``path`` gone but its complete predecessor still at ``.name.old``."""
+    old = path.with_name(f".{path.name}.old")
+    if not path.exists() and (old / META_FILE).is_file():
+        old.rename(path)
+
+
 def read_meta(path: str | Path) -> dict[str, Any]:
     """Read and check ``meta.json`` of checkpoint folder ``path`` (or of the folder holding a given file)."""
     path = Path(path)
     if path.is_file() and path.name in (META_FILE, WEIGHTS_FILE):
         path = path.parent
+    recover_checkpoint(path)
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint not found")
     if not path.is_dir():

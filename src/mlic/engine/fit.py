@@ -84,6 +84,7 @@ class RunResult:
     history: list[dict[str, Any]]
     test_metrics: dict[str, Any] | None = None
     class_names: list[str] = field(default_factory=list)
+    model: torch.nn.Module | None = None  # the trained (raw, last-epoch) model, in memory
 
 
 @dataclass
@@ -130,7 +131,9 @@ def _fit(cfg: TrainConfig, info: DistInfo, device: torch.device, overwrite: bool
     stop = _StopFlag()
     with stop.installed():
         _train(cfg, info, device, run_dir, data, t, progress, steps_per_epoch, stop)
-    return _finish(cfg, info, device, run_dir, data, progress)
+    result = _finish(cfg, info, device, run_dir, data, progress)
+    result.model = t.raw
+    return result
 
 
 def _train(cfg, info, device, run_dir, data: RunData, t: Trainer, p: Progress, steps_per_epoch: int, stop) -> None:
