@@ -77,3 +77,16 @@ def gather_rows(info: DistInfo, indices: np.ndarray, *arrays: np.ndarray) -> tup
     _, first = np.unique(indices[order], return_index=True)
     keep = order[first]
     return (indices[keep], *(a[keep] for a in arrays))
+
+
+def sync_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics).
+
+    Without SyncBatchNorm each rank's last forward updates its own running stats; before evaluating
+    and saving, all ranks must hold the statistics that rank 0 saves, or distributed validation would
+    not equal evaluating the saved checkpoint.
+    """
+    if not info.enabled:
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src=0)

@@ -36,6 +36,7 @@ from mlic.engine.distributed import (
     gather_rows,
     init_distributed,
     shutdown_distributed,
+    sync_buffers,
 )  # fmt: skip
 from mlic.engine.loop import Predictions, Span, evaluate, train_one_epoch
 from mlic.engine.run_folder import (
@@ -169,6 +170,9 @@ def _train(cfg, info, device, run_dir, data: RunData, t: Trainer, p: Progress, s
 
 def _end_epoch(cfg, info, device, run_dir, data: RunData, t: Trainer, p: Progress, epoch: int) -> dict[str, Any]:
     """Validate raw (and EMA) weights, log the epoch, write metrics and checkpoints."""
+    for net in (t.raw, t.ema.module if t.ema else None):
+        if net is not None:
+            sync_buffers(net, info)
     row: dict[str, Any] = {
         "epoch": epoch,
         "train_loss": p.loss_sum / max(p.images, 1),
