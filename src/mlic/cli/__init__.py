@@ -9,15 +9,20 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from mlic.cli import data, demo, evaluate, predict, train
+from mlic.cli import data, demo, evaluate, explain, export, predict, report, serve, train
 
-SUBCOMMANDS = (demo, data, train, evaluate, predict)  # explicit, in the order --help lists them
+# explicit, in the order --help lists them
+SUBCOMMANDS = (demo, data, train, evaluate, predict, export, serve, report, explain)
 
 EPILOG = """examples:
   mlic demo                                              # build demo data, train, evaluate, predict
   mlic train data/train.csv --val data/val.csv --epochs 10 --name shapes
   mlic evaluate runs/shapes/checkpoints/best --data data/test.csv
   mlic predict runs/shapes/checkpoints/best photos/ --format csv --output preds.csv
+  mlic export runs/shapes/checkpoints/best --format onnx model.onnx   # ONNX with thresholds inside
+  mlic serve runs/shapes/checkpoints/best                # web page + HTTP API on http://127.0.0.1:8000
+  mlic report runs/shapes                                # HTML report: curves, per-label errors, Grad-CAM
+  mlic explain runs/shapes/checkpoints/best photo.png    # Grad-CAM map per predicted label
   mlic data inspect data/train.csv                       # label statistics and broken/duplicate images
 """
 
@@ -52,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mlic.config import ConfigError
     from mlic.data.images import ImageDecodeError
     from mlic.data.records import DataError
+    from mlic.engine.loop import NonFiniteLossError
 
     try:
         return int(args.run(args) or 0)
@@ -63,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ImageDecodeError,
         FileExistsError,
         FileNotFoundError,
+        NonFiniteLossError,
     ) as exc:
         print(f"mlic {args.command}: error: {exc}", file=sys.stderr)
         return 2
