@@ -36,15 +36,29 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=96)
     ap.add_argument("--budget-minutes", type=float, default=15.0, help="training time per recipe")
     ap.add_argument("--recipes", nargs="+", default=["configs/seed.yaml", "configs/default.yaml"])
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="RECIPE:KEY=VALUE",
-                    help="override one recipe's key, e.g. default:runtime.precision=fp32 (repeatable)")
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="RECIPE:KEY=VALUE",
+        help="override one recipe's key, e.g. default:runtime.precision=fp32 (repeatable)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
+    print(f"load average at start: {os.getloadavg()[0]:.2f}")
     data_dir = Path(args.data_dir) / f"{args.train}-{args.val}-{args.test}-{args.image_size}"
     t0 = time.perf_counter()
-    files = make_fashion_collages(args.idx_dir, data_dir, num_train=args.train, num_val=args.val,
-                                  num_test=args.test, image_size=args.image_size, seed=args.seed)
+    files = make_fashion_collages(
+        args.idx_dir,
+        data_dir,
+        num_train=args.train,
+        num_val=args.val,
+        num_test=args.test,
+        image_size=args.image_size,
+        seed=args.seed,
+    )
     print(f"data: {data_dir} ({time.perf_counter() - t0:.0f}s)")
 
     results = {}
@@ -55,12 +69,22 @@ def main() -> None:
         )
         start = time.perf_counter()
         run = mlic.train(
-            str(files["train"]), config=cfg, val=str(files["val"]), test=str(files["test"]),
-            image_size=args.image_size, max_minutes=args.budget_minutes, seed=args.seed, name=f"bench-{name}",
-            output_dir=args.out_dir, overwrite=True, progress=False,
+            str(files["train"]),
+            config=cfg,
+            val=str(files["val"]),
+            test=str(files["test"]),
+            image_size=args.image_size,
+            max_minutes=args.budget_minutes,
+            seed=args.seed,
+            name=f"bench-{name}",
+            output_dir=args.out_dir,
+            overwrite=True,
+            progress=False,
+            report=False,
         )
         results[name] = {k: run.test_metrics[k] for k in KEYS} | {
-            "epochs": len(run.history), "train_minutes": (time.perf_counter() - start) / 60,
+            "epochs": len(run.history),
+            "train_minutes": (time.perf_counter() - start) / 60,
             "thresholds": run.test_metrics["thresholds"],
         }
         print(json.dumps({name: results[name]}))
@@ -69,8 +93,10 @@ def main() -> None:
 
 def _print_table(results: dict, args) -> None:
     names = list(results)
-    print(f"\nFashion-MNIST collages {args.train}/{args.val}/{args.test} at {args.image_size}px, "
-          f"budget {args.budget_minutes:g} min/recipe, load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"\nFashion-MNIST collages {args.train}/{args.val}/{args.test} at {args.image_size}px, "
+        f"budget {args.budget_minutes:g} min/recipe, load average {os.getloadavg()[0]:.2f}"
+    )
     print(f"{'metric':<14}" + "".join(f"{n:>12}" for n in names) + (f"{'diff':>12}" if len(names) == 2 else ""))
     for key in (*KEYS, "epochs", "train_minutes"):
         vals = [results[n][key] for n in names]

@@ -46,8 +46,16 @@ from mlic.engine.run_folder import (
     summary_line,
     write_metrics_csv,
 )  # fmt: skip
-from mlic.engine.runtime import seed_everything, select_device
-from mlic.engine.trainer import Trainer, build_trainer, fit_to_budget, load_trainer_state, set_freeze, trainer_state
+from mlic.engine.runtime import configure_allocator, seed_everything, select_device
+from mlic.engine.trainer import (
+    BUDGET_PROBE_STEPS,
+    Trainer,
+    build_trainer,
+    fit_to_budget,
+    load_trainer_state,
+    set_freeze,
+    trainer_state,
+)
 from mlic.metrics import compute_metrics
 
 VAL_KEYS = ("mAP", "f1_micro", "f1_macro", "f1_samples", "hamming_loss", "exact_match")
@@ -109,6 +117,7 @@ def fit(cfg: TrainConfig, *, overwrite: bool = False, resume: str | None = None)
     complete checkpoint.
     """
     cfg.validate()
+    configure_allocator()
     info, device = init_distributed(select_device(cfg.device))
     set_main_process(info.is_main)
     try:
@@ -145,6 +154,9 @@ def _train(cfg, info, device, run_dir, data: RunData, t: Trainer, p: Progress, s
         data.train_sampler.set_position(epoch, p.step * cfg.optim.batch_size)
         total = 1 if cfg.dry_run else steps_per_epoch
         end = total if not cfg.checkpoint_every else min(total, p.step + cfg.checkpoint_every)
+        probing = cfg.max_minutes > 0 and p.epoch == 0 and p.step == 0 and total > 2 * BUDGET_PROBE_STEPS
+        if probing:  # time a few steps first, to fit the epochs and the schedule to the budget
+            end = BUDGET_PROBE_STEPS
         stats = train_one_epoch(
             t.model, data.train_loader, t.loss_fn, t.optimizer, device, epoch=epoch, opts=t.opts,
             scheduler=t.scheduler, ema=t.ema, mixer=t.mixer, span=Span(p.step, end, total),
@@ -153,19 +165,35 @@ def _train(cfg, info, device, run_dir, data: RunData, t: Trainer, p: Progress, s
         _report_bad(stats.bad_images)
         p.step, p.loss_sum, p.images = stats.next_step, p.loss_sum + stats.loss_sum, p.images + stats.images
         p.seconds += stats.seconds
+        if probing:
+            p.epochs = fit_to_budget(t, cfg, total, p.epochs, _epoch_estimate(stats, total, data), stats.next_step)
+            continue
         if stats.next_step < total:  # a step checkpoint, or a signal: save the resume point
             _save_last(cfg, run_dir, data, t, p, info, val=None)
             if stats.stopped:
                 _raise_interrupted(stop, run_dir, p)
             continue
         row = _end_epoch(cfg, info, device, run_dir, data, t, p, epoch)
-        if cfg.max_minutes > 0 and epoch == 1:
-            p.epochs = fit_to_budget(t, cfg, steps_per_epoch, p.epochs, time.perf_counter() - train_start)
+        if (
+            cfg.max_minutes > 0
+            and p.epoch < p.epochs
+            and (time.perf_counter() - train_start) * (epoch + 1) / epoch > (cfg.max_minutes * 60 * 1.1)
+        ):
+            log(f"time budget {cfg.max_minutes:g} min: stopping after epoch {epoch}, another would overrun it")
+            break
         if stop.signum is not None:
             _raise_interrupted(stop, run_dir, p)
         if cfg.optim.early_stopping and epoch - p.best["epoch"] >= cfg.optim.early_stopping:
             log(f"early stopping: no better val mAP for {cfg.optim.early_stopping} epochs (last: {row.get('val_mAP')})")
             break
+
+
+def _epoch_estimate(stats, total_steps: int, data: RunData) -> float:
+    """Seconds per epoch from the probe steps: training, plus validation at about a third of a training
+    step's cost per batch (forward only)."""
+    per_step = stats.seconds / max(stats.next_step, 1)
+    val_steps = len(data.val_loader) if data.val_loader is not None else 0
+    return per_step * (total_steps + val_steps / 3)
 
 
 def _end_epoch(cfg, info, device, run_dir, data: RunData, t: Trainer, p: Progress, epoch: int) -> dict[str, Any]:

@@ -160,9 +160,18 @@ def _as_tuple(value: Any) -> Any:
     return tuple(_as_tuple(v) for v in value) if isinstance(value, list | tuple) else value
 
 
-def fit_to_budget(t: Trainer, cfg: TrainConfig, steps_per_epoch: int, epochs: int, first_epoch_s: float) -> int:
-    """Epochs that fit ``max_minutes`` judging by the first; the schedule is rebuilt to end with them."""
-    fitting = max(1, int(cfg.max_minutes * 60 // max(first_epoch_s, 1e-6)))
+BUDGET_PROBE_STEPS = 20  # steps timed at the start of a budgeted run to size it
+
+
+def fit_to_budget(
+    t: Trainer, cfg: TrainConfig, steps_per_epoch: int, epochs: int, epoch_seconds: float, steps_done: int
+) -> int:
+    """Epochs that fit ``max_minutes`` at ``epoch_seconds`` each; the schedule is rebuilt to end with them.
+
+    Called after the first few steps, so a one-cycle or cosine schedule spans the whole budget instead
+    of the configured epochs (which a budgeted run would never reach).
+    """
+    fitting = max(1, int(cfg.max_minutes * 60 // max(epoch_seconds, 1e-6)))
     if fitting >= epochs:
         return epochs
     o = cfg.optim
@@ -174,9 +183,12 @@ def fit_to_budget(t: Trainer, cfg: TrainConfig, steps_per_epoch: int, epochs: in
     t.scheduler = build_scheduler(
         t.optimizer, o.schedule, total_steps=optim_steps * fitting, warmup_steps=round(o.warmup_epochs * optim_steps)
     )
-    for _ in range(optim_steps):
+    for _ in range(steps_done // o.accum_steps):
         t.scheduler.step()
-    log(f"time budget {cfg.max_minutes:g} min: training {fitting} epoch(s) instead of {epochs}")
+    log(
+        f"time budget {cfg.max_minutes:g} min: about {epoch_seconds:.0f}s per epoch, so {fitting} epoch(s) "
+        f"instead of {epochs}"
+    )
     return fitting
 
 
