@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=True,
     )
     m = run.test_metrics or {}
-    print("\ntest metrics (best checkpoint, threshold 0.5):")
+    print(f"\ntest metrics (best checkpoint, thresholds: {m.get('thresholds', '0.5')}):")
     for key in ("mAP", "roc_auc_macro", "f1_micro", "f1_macro", "f1_samples", "exact_match", "hamming_loss"):
         print(f"  {key:<15}{m[key]:.4f}")
 
