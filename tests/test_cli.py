@@ -77,7 +77,11 @@ def test_predict_formats_and_unreadable_files(trained, tiny_shapes, tmp_path, ca
     out = tmp_path / "p.csv"
     ckpt = str(trained / "checkpoints/best")
     assert (
-        main(["predict", ckpt, str(images), str(bad), "--format", "csv", "--output", str(out), "--device", "cpu"]) == 0
+        main(
+            ["predict", ckpt, str(images), str(bad), "--format", "csv", "--output", str(out), "--probabilities"]
+            + ["--device", "cpu"]
+        )
+        == 0
     )
     rows = list(csv.DictReader(out.read_text().splitlines()))
     assert len(rows) == 25
@@ -87,7 +91,12 @@ def test_predict_formats_and_unreadable_files(trained, tiny_shapes, tmp_path, ca
     # --threshold 0 labels every class, 1.01 none
     capsys.readouterr()
     first = sorted(images.iterdir())[0]
-    assert main(["predict", ckpt, str(first), "--format", "json", "--threshold", "0", "--device", "cpu"]) == 0
+    assert (
+        main(
+            ["predict", ckpt, str(first), "--format", "json", "--threshold", "0", "--probabilities", "--device", "cpu"]
+        )
+        == 0
+    )
     data = json.loads(capsys.readouterr().out)
     assert len(data) == 1 and len(data[0]["labels"]) == len(data[0]["probabilities"])
     assert main(["predict", ckpt, str(first), "--threshold", "1.01", "--device", "cpu"]) == 0

@@ -39,7 +39,14 @@ def _train(records, class_names, steps=3):
     loader = build_loader(ds, batch_size=16, shuffle=False, num_workers=0)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     stats = train_one_epoch(
-        model, loader, build_loss("bce"), opt, torch.device("cpu"), epoch=1, span=Span(0, steps, len(loader)), progress=False
+        model,
+        loader,
+        build_loss("bce"),
+        opt,
+        torch.device("cpu"),
+        epoch=1,
+        span=Span(0, steps, len(loader)),
+        progress=False,
     )
     return model, stats, ds
 

@@ -58,7 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mlic.data.images import ImageDecodeError
     from mlic.data.records import DataError
     from mlic.engine.loop import NonFiniteLossError
+    from mlic.engine.runtime import configure_allocator
 
+    configure_allocator()  # keep big activation buffers mapped between steps (MLIC_NO_MALLOPT=1 opts out)
     try:
         return int(args.run(args) or 0)
     except (

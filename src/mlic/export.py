@@ -1,0 +1,264 @@
+"""Export a checkpoint to ONNX or TorchScript with its preprocessing, sigmoid and thresholds.
+
+The exported graph takes images exactly as decoded and resized by mlic's eval transform, before
+any float conversion: uint8 ``(B, 3, S, S)`` in 0..255 by default, or, with
+``input_dtype="float32"``, float32 in [0, 1]. It scales, normalises with the checkpoint's mean and
+std, runs the model and applies the sigmoid, returning ``(B, C)`` probabilities. The batch size is
+dynamic; S is the checkpoint's image size.
+
+The metadata (class names, thresholds, preprocessing, input contract, format version) travels
+inside the file (ONNX ``metadata_props`` as ``mlic.<key>`` = JSON value; TorchScript
+``_extra_files["mlic.json"]``) and in a JSON sidecar ``OUT.json`` for tools that cannot read either.
+
+ONNX goes through ``torch.onnx.export(dynamo=True)`` (torch.export), the exporter PyTorch ships as
+default and maintains; the legacy TorchScript-based exporter is deprecated. Its graph optimiser
+also folds BatchNorm into the convolutions. TorchScript (``torch.jit.trace``) is deprecated in
+PyTorch but still loads from C++ without Python, so it is offered; its deprecation warnings are
+silenced here.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mlic.checkpoint import load_checkpoint
+from mlic.data.transforms import Preprocessing
+
+EXPORT_FORMAT = "mlic-export"
+EXPORT_VERSION = 1
+FORMATS = ("onnx", "torchscript")
+INPUT_DTYPES = ("uint8", "float32")
+INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
+METADATA_PREFIX = "mlic."  # ONNX metadata_props keys
+TORCHSCRIPT_METADATA = "mlic.json"  # TorchScript _extra_files entry
+# The exported model must agree with the checkpoint to this much (probabilities) or export fails.
+PARITY_TOLERANCE = 1e-4
+
+
+class ExportError(ValueError):
+    """The export could not be written or does not reproduce the checkpoint."""
+
+
+class ExportedModel(nn.Module):
+    """Model + preprocessing + sigmoid: uint8 (B, 3, S, S) 0..255 (or float32 0..1) -> (B, C) probabilities."""
+
+    def __init__(self, model: nn.Module, pre: Preprocessing, input_dtype: str = "uint8") -> None:
+        super().__init__()
+        if input_dtype not in INPUT_DTYPES:
+            raise ValueError(f"input_dtype must be one of {', '.join(INPUT_DTYPES)}, got {input_dtype!r}")
+        self.model = model
+        self.scale = input_dtype == "uint8"  # a Python bool: resolved while tracing, no branch in the graph
+        self.register_buffer("mean", torch.tensor(pre.mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(pre.std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(torch.float32)
+        if self.scale:
+            x = x * (1.0 / 255.0)  # the operation order of torchvision's ToDtype(scale=True) and Normalize
+        x = (x - self.mean) / self.std
+        return torch.sigmoid(self.model(x))
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    sidecar: Path
+    fmt: str
+    metadata: dict[str, Any]
+    max_abs_diff: float  # exported vs checkpoint probabilities on a random batch
+    folded_batchnorms: int = 0
+
+
+def fold_batchnorm(model: nn.Module) -> int:
+    """Fold every eval-mode BatchNorm2d that directly follows a Conv2d in an ``nn.Sequential`` into it.
+
+    In place; returns the number of pairs folded. Covers the seed CNN; models built differently
+    (timm's ConvNormAct) are left as they are, and ONNX Runtime folds those itself when loading.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    folded = 0
+    for seq in model.modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        for i in range(len(seq) - 1):
+            conv, bn = seq[i], seq[i + 1]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
+                seq[i], seq[i + 1] = fuse_conv_bn_eval(conv.eval(), bn.eval()), nn.Identity()
+                folded += 1
+    return folded
+
+
+def export_metadata(meta: dict[str, Any], input_dtype: str) -> dict[str, Any]:
+    """What an exported model carries: everything needed to use it without mlic's checkpoint."""
+    from mlic import __version__
+
+    pre = Preprocessing.from_dict(meta["preprocessing"])
+    return {
+        "format": EXPORT_FORMAT,
+        "version": EXPORT_VERSION,
+        "mlic_version": __version__,
+        "model": meta["model"],
+        "class_names": list(meta["class_names"]),
+        "thresholds": meta.get("thresholds"),  # None: the checkpoint has none; predictors then use 0.5
+        "preprocessing": pre.to_dict(),
+        "input": {
+            "name": INPUT_NAME,
+            "dtype": input_dtype,
+            "range": "0..255" if input_dtype == "uint8" else "0..1",
+            "shape": ["batch", 3, pre.image_size, pre.image_size],
+            "layout": "RGB, channels first, resized as mlic's eval transform; normalisation happens inside",
+        },
+        "output": {"name": OUTPUT_NAME, "shape": ["batch", len(meta["class_names"])], "activation": "sigmoid"},
+    }
+
+
+def export_model(
+    checkpoint: str | Path, out: str | Path, fmt: str = "onnx", *, opset: int | None = None, input_dtype: str = "uint8"
+) -> ExportResult:
+    """Export ``checkpoint`` to ``out`` (ONNX or TorchScript) plus the sidecar ``out + ".json"``.
+
+    The written file is loaded back and checked against the checkpoint on a random batch; export
+    fails if probabilities differ by more than ``PARITY_TOLERANCE``.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    if opset is not None and fmt != "onnx":
+        raise ValueError("opset applies to ONNX export only")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model, meta = load_checkpoint(checkpoint, device="cpu")
+    pre = Preprocessing.from_dict(meta["preprocessing"])
+    metadata = export_metadata(meta, input_dtype)
+    reference = ExportedModel(model, pre, input_dtype).eval()
+    folded_model = copy.deepcopy(model).eval()
+    folded = fold_batchnorm(folded_model)
+    wrapper = ExportedModel(folded_model, pre, input_dtype).eval()
+    example = _example_batch(pre.image_size, input_dtype, batch=2)
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        if fmt == "onnx":
+            _write_onnx(wrapper, example, tmp, metadata, opset)
+            run = _onnx_runner(tmp)
+        else:
+            _write_torchscript(wrapper, example, tmp, metadata)
+            run = _torchscript_runner(tmp)
+        diff = _parity(reference, run, pre.image_size, input_dtype, len(meta["class_names"]))
+        if diff > PARITY_TOLERANCE:
+            raise ExportError(
+                f"exported model differs from the checkpoint by {diff:.2e} (tolerance {PARITY_TOLERANCE})"
+            )
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    sidecar = Path(f"{out}.json")
+    sidecar.write_text(json.dumps(metadata, indent=2) + "\n")
+    return ExportResult(out, sidecar, fmt, metadata, diff, folded)
+
+
+def _example_batch(size: int, input_dtype: str, batch: int, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=gen)
+    return images if input_dtype == "uint8" else images.float() / 255.0
+
+
+def _write_onnx(wrapper: nn.Module, example: torch.Tensor, path: Path, metadata: dict, opset: int | None) -> None:
+    try:
+        import onnx
+    except ImportError as exc:
+        raise ExportError("ONNX export needs the export extra: pip install 'mlic[export]'") from exc
+    # An example batch of 2 and a named dynamic dim: torch.export specialises a batch of 1 to a constant.
+    batch = torch.export.Dim("batch")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # exporter chatter about internals, not about this model
+        torch.onnx.export(
+            wrapper,
+            (example,),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes={INPUT_NAME: {0: batch}},
+            opset_version=opset,
+            dynamo=True,
+            external_data=False,  # one self-contained file (weights inline; fine below 2 GB)
+            optimize=True,
+            verbose=False,
+        )
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = METADATA_PREFIX + key, json.dumps(value)
+    proto.doc_string = f"mlic export: {len(metadata['class_names'])} classes, probabilities (sigmoid inside)"
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save(proto, str(path))
+
+
+def _write_torchscript(wrapper: nn.Module, example: torch.Tensor, path: Path, metadata: dict) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated in PyTorch 2.x; see the module docstring
+        traced = torch.jit.trace(wrapper, example)
+        torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_METADATA: json.dumps(metadata)})
+
+
+def _onnx_runner(path: Path):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda x: torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0])
+
+
+def _torchscript_runner(path: Path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = torch.jit.load(str(path), map_location="cpu")
+    return lambda x: module(x).detach()
+
+
+@torch.no_grad()
+def _parity(reference: nn.Module, run, size: int, input_dtype: str, num_classes: int) -> float:
+    """Max |p_exported - p_checkpoint| over batches of 1 and 3 (the batch dimension must really be dynamic)."""
+    diff = 0.0
+    for batch, seed in ((1, 1), (3, 2)):
+        x = _example_batch(size, input_dtype, batch, seed)
+        got = run(x)
+        if tuple(got.shape) != (batch, num_classes):
+            raise ExportError(f"exported model returned shape {tuple(got.shape)} for a batch of {batch}")
+        diff = max(diff, (got.float() - reference(x)).abs().max().item())
+    return diff
+
+
+def read_export_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata an exported model carries (ONNX ``metadata_props`` or TorchScript extra file)."""
+    path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        import onnx
+
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        return metadata_from_props(props, path)
+    extra = {TORCHSCRIPT_METADATA: ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    return json.loads(extra[TORCHSCRIPT_METADATA])
+
+
+def metadata_from_props(props: dict[str, str], source: str | Path) -> dict[str, Any]:
+    """Parse ``mlic.<key>`` ONNX metadata entries back into the metadata dict; checks format and version."""
+    meta = {k[len(METADATA_PREFIX) :]: json.loads(v) for k, v in props.items() if k.startswith(METADATA_PREFIX)}
+    if meta.get("format") != EXPORT_FORMAT:
+        raise ExportError(f"{source}: not an mlic export (no {METADATA_PREFIX}format = {EXPORT_FORMAT!r} metadata)")
+    if meta.get("version") != EXPORT_VERSION:
+        raise ExportError(
+            f"{source}: mlic export version {meta.get('version')} is not supported (reads {EXPORT_VERSION})"
+        )
+    return meta
