@@ -84,3 +84,57 @@ def test_distributed_metrics_equal_single_process(ddp_run):
     assert float(last["val_mAP"]) == pytest.approx(report["mAP"], abs=1e-9)
     assert float(last["val_f1_micro"]) == pytest.approx(report["at_threshold_0.5"]["f1_micro"], abs=1e-9)
     assert float(last["val_exact_match"]) == pytest.approx(report["at_threshold_0.5"]["exact_match"], abs=1e-9)
+
+
+def test_torchrun_predict_shards_and_merges_in_order(ddp_run, tiny_shapes, tmp_path):
+    tmp, _, _ = ddp_run
+    ckpt = tmp / "runs" / "ddp" / "checkpoints" / "best"
+    images = tiny_shapes["test"].parent / "images" / "test"
+    (tmp_path / "broken.png").write_text("not an image")  # errors keep their place in the merged order too
+    inputs = [str(images), str(tmp_path / "broken.png")]
+    single = tmp_path / "single.csv"
+    assert (
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mlic",
+                "predict",
+                str(ckpt),
+                *inputs,
+                "--format",
+                "csv",
+                "--output",
+                str(single),
+                "--device",
+                "cpu",
+            ],
+            capture_output=True,
+        ).returncode
+        == 0
+    )
+    merged = tmp_path / "merged.csv"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "mlic",
+        "predict",
+        str(ckpt),
+        *inputs,
+        "--format",
+        "csv",
+        "--output",
+        str(merged),
+        "--device",
+        "cpu",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert merged.read_text() == single.read_text()
+    assert len(merged.read_text().splitlines()) == 1 + 24 + 1
+    assert not list(tmp_path.glob("merged.csv.part*"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from itertools import chain
 
@@ -65,9 +66,11 @@ def run(args: argparse.Namespace) -> int:
     first = next(paths, None)  # peek, so an empty input set fails before any output is written
     if first is None:
         raise UserError(f"no images found in: {' '.join(args.inputs + ([args.list] if args.list else []))}")
+    options = OutputOptions(args.format, probabilities=args.probabilities, top_k=args.top_k)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: shard the inputs across ranks
+        return _run_sharded(args, chain([first], paths), options)
     predictor = load_predictor(args.checkpoint, device=args.device, threshold=args.threshold)
     print(f"thresholds: {predictor.threshold_source}", file=sys.stderr)
-    options = OutputOptions(args.format, probabilities=args.probabilities, top_k=args.top_k)
     try:
         summary = write_predictions(
             predictor,
@@ -84,4 +87,36 @@ def run(args: argparse.Namespace) -> int:
     for note in summary.notes:
         print(note, file=sys.stderr)
     print(summary.line() + (f"; written to {args.output}" if args.output else ""), file=sys.stderr)
+    return 0
+
+
+def _run_sharded(args: argparse.Namespace, paths, options) -> int:
+    import torch
+
+    from mlic.cli import UserError
+    from mlic.engine.distributed import init_distributed, shutdown_distributed
+    from mlic.engine.runtime import select_device
+    from mlic.inference import load_predictor
+    from mlic.sharded_predict import write_predictions_sharded
+
+    if not args.output or args.resume:
+        raise UserError("under torchrun, predict needs --output (one merged file) and cannot --resume")
+    info, device = init_distributed(select_device(args.device))
+    try:
+        predictor = load_predictor(args.checkpoint, device=str(device), threshold=args.threshold)
+        torch.set_num_threads(max(1, torch.get_num_threads() // info.world_size))  # ranks share the cores
+        summary = write_predictions_sharded(
+            predictor,
+            paths,
+            options,
+            output=args.output,
+            info=info,
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+            progress=not args.no_progress,
+        )
+    finally:
+        shutdown_distributed()
+    if info.is_main:
+        print(f"{summary.line()}; {info.world_size} ranks; written to {args.output}", file=sys.stderr)
     return 0
