@@ -165,3 +165,28 @@ def test_dry_run_is_one_batch(tiny_shapes, tmp_path):
     )
     rows = list(csv.DictReader((tmp_path / "d" / "metrics.csv").read_text().splitlines()))
     assert len(rows) == 1
+
+
+def test_saved_thresholds_are_used_and_missing_ones_fall_back_to_half(trained, tiny_shapes, tmp_path):
+    from mlic.evaluation import evaluate_checkpoint
+    from mlic.inference import Predictor
+
+    ckpt = trained / "checkpoints" / "best"
+    meta = json.loads((ckpt / "meta.json").read_text())
+    assert meta["thresholds"] is not None and meta["threshold_info"]["method"] == "per_class_f1"
+    report = evaluate_checkpoint(ckpt, tiny_shapes["test"], device="cpu", num_workers=0, progress=False)
+    assert report["thresholds"] == "checkpoint (per_class_f1)"
+    assert [c["threshold"] for c in report["per_class"]] == pytest.approx(meta["thresholds"])
+    predictor = Predictor.from_checkpoint(ckpt, device="cpu")
+    image = sorted((tiny_shapes["test"].parent / "images" / "test").iterdir())[0]
+    pred = predictor.predict_image(image)
+    expected = [n for n, t in zip(meta["class_names"], meta["thresholds"], strict=True) if pred.probabilities[n] >= t]
+    assert pred.labels == expected
+
+    bare = tmp_path / "bare"
+    shutil.copytree(ckpt, bare)
+    (bare / "meta.json").write_text(json.dumps(meta | {"thresholds": None, "threshold_info": None}))
+    report = evaluate_checkpoint(bare, tiny_shapes["test"], device="cpu", num_workers=0, progress=False)
+    assert report["thresholds"] == "0.5 (checkpoint has no tuned thresholds)"
+    assert all(c["threshold"] == 0.5 for c in report["per_class"])
+    assert Predictor.from_checkpoint(bare, device="cpu").threshold_source.startswith("0.5")

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from mlic.checkpoint import load_checkpoint
@@ -16,6 +15,7 @@ from mlic.data.records import Record
 from mlic.data.transforms import Preprocessing, build_eval_transform
 from mlic.engine.loop import evaluate
 from mlic.engine.runtime import select_device
+from mlic.inference import resolve_thresholds
 from mlic.metrics import compute_metrics
 
 OVERALL_KEYS = [
@@ -55,13 +55,8 @@ def evaluate_checkpoint(
     loader = build_loader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     preds = evaluate(model, loader, dev, progress=progress, desc="evaluate")
 
-    if threshold is not None:
-        thresholds, source = np.full(len(class_names), threshold), f"override {threshold}"
-    elif meta.get("thresholds") is not None:
-        method = (meta.get("threshold_info") or {}).get("method", "tuned")
-        thresholds, source = np.asarray(meta["thresholds"]), f"checkpoint ({method})"
-    else:
-        thresholds, source = np.full(len(class_names), 0.5), "0.5 (checkpoint has no tuned thresholds)"
+    method = (meta.get("threshold_info") or {}).get("method")
+    thresholds, source = resolve_thresholds(meta.get("thresholds"), len(class_names), threshold, method)
     metrics = compute_metrics(preds.probs, preds.targets, preds.masks, thresholds, class_names)
     # Always also at 0.5, so the effect of tuned thresholds is visible side by side.
     at_half = compute_metrics(preds.probs, preds.targets, preds.masks, 0.5, class_names)

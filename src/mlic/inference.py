@@ -132,12 +132,14 @@ def build_uint8_eval_transform(pre: Preprocessing) -> v2.Compose:
     return v2.Compose(steps)
 
 
-def resolve_thresholds(stored: Sequence[float] | None, n: int, override: float | None) -> tuple[np.ndarray, str]:
+def resolve_thresholds(
+    stored: Sequence[float] | None, n: int, override: float | None, method: str | None = None
+) -> tuple[np.ndarray, str]:
     """(per-class thresholds, where they came from): ``override``, else the stored ones, else 0.5."""
     if override is not None:
         return np.full(n, override, np.float64), f"override {override}"
     if stored is not None:
-        return np.asarray(stored, np.float64), "checkpoint (tuned per class)"
+        return np.asarray(stored, np.float64), f"checkpoint ({method or 'tuned'})"
     return np.full(n, 0.5, np.float64), "0.5 (checkpoint has no tuned thresholds)"
 
 
@@ -171,8 +173,10 @@ class BasePredictor:
     preprocessing: Preprocessing
     transform: Any
 
-    def _set_thresholds(self, stored: Sequence[float] | None, override: float | None) -> None:
-        self.thresholds, self.threshold_source = resolve_thresholds(stored, len(self.class_names), override)
+    def _set_thresholds(
+        self, stored: Sequence[float] | None, override: float | None, method: str | None = None
+    ) -> None:
+        self.thresholds, self.threshold_source = resolve_thresholds(stored, len(self.class_names), override, method)
 
     def predict_probabilities(self, images: torch.Tensor) -> np.ndarray:
         """(B, 3, S, S) batch of ``transform`` outputs -> (B, C) probabilities."""
@@ -230,7 +234,7 @@ class Predictor(BasePredictor):
         self.class_names = list(meta["class_names"])
         self.preprocessing = Preprocessing.from_dict(meta["preprocessing"])
         self.transform = build_eval_transform(self.preprocessing)
-        self._set_thresholds(meta.get("thresholds"), threshold)
+        self._set_thresholds(meta.get("thresholds"), threshold, (meta.get("threshold_info") or {}).get("method"))
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, device: str = "auto", threshold: float | None = None) -> Predictor:
