@@ -67,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"\nrun folder: {run.run_dir}/  (config.yaml, metrics.csv, history.png, test_metrics.json)")
     print(f"checkpoint: {run.best_checkpoint}/")
+    if (run.run_dir / "report.html").is_file():
+        print(f"report:     {run.run_dir / 'report.html'}  (open it in a browser: curves, per-label errors, Grad-CAM)")
     print(f"next: mlic predict {run.best_checkpoint} {sample}")
     return 0
 
