@@ -103,3 +103,180 @@ def plot_cooccurrence(
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+# --- report plots (mlic report, mlic explain). Each takes an output path or a binary file object. ---
+
+
+def _save(fig, out, dpi: int = 90):
+    """Save ``fig`` as PNG to a path or a binary file object, close it, and return ``out``."""
+    import matplotlib.pyplot as plt
+
+    target = Path(out) if isinstance(out, str | Path) else out
+    fig.savefig(target, format="png", dpi=dpi)
+    plt.close(fig)
+    return target
+
+
+def plot_training_curves(rows: Sequence[dict[str, Any]], out):
+    """Four panels per epoch from metrics.csv rows: loss, mAP, F1 (micro/macro/samples), learning rate."""
+    plt = _pyplot()
+    epochs = [row["epoch"] for row in rows]
+    panels = (
+        ("Loss", (("train_loss", "train"), ("val_loss", "val"))),
+        ("Validation mAP", (("val_mAP", "mAP"), ("val_mAP_ema", "mAP (EMA weights)"))),
+        ("Validation F1", (("val_f1_micro", "micro"), ("val_f1_macro", "macro"), ("val_f1_samples", "samples"))),
+        ("Learning rate", (("lr", "lr"),)),
+    )
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.4))
+    for ax, (title, series) in zip(axes, panels, strict=True):
+        for key, label in series:
+            values = [row.get(key) for row in rows]
+            if any(v is not None for v in values):
+                ax.plot(epochs, [float("nan") if v is None else v for v in values], marker="o", ms=3, label=label)
+        ax.set(xlabel="epoch", title=title)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        if ax.lines:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no validation set", ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def plot_pr_grid(curves: Sequence[dict[str, Any]], out, *, columns: int = 6):
+    """Small multiples of precision-recall curves, the chosen threshold's operating point marked.
+
+    Each curve: ``name``, ``recall`` and ``precision`` arrays (None: no positives), ``ap``, ``point``
+    ((recall, precision) at the threshold) and ``threshold``.
+    """
+    plt = _pyplot()
+    columns = max(1, min(columns, len(curves)))
+    rows = max(1, -(-len(curves) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(2.3 * columns, 2.2 * rows), squeeze=False)
+    for ax, curve in zip(axes.flat, curves, strict=False):
+        ax.set(xlim=(0, 1.02), ylim=(0, 1.05))
+        ax.tick_params(labelsize=6)
+        if curve["recall"] is None:
+            ax.set_title(str(curve["name"]), fontsize=8)
+            ax.text(0.5, 0.5, "no positives", ha="center", va="center", fontsize=8, transform=ax.transAxes)
+            continue
+        ax.step(curve["recall"], curve["precision"], where="post", lw=1.2)
+        r, p = curve["point"]
+        ax.plot([r], [p], "o", color="tab:red", ms=4)
+        ax.set_title(f"{curve['name']}  AP {curve['ap']:.2f}", fontsize=8)
+        ax.annotate(f"t={curve['threshold']:.2f}", (r, p), fontsize=6, xytext=(-4, -9), textcoords="offset points")
+    for ax in list(axes.flat)[len(curves) :]:
+        ax.axis("off")
+    fig.supxlabel("recall", fontsize=8)
+    fig.supylabel("precision", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, out, dpi=80)
+
+
+def plot_calibration(bins: dict[str, Any], out):
+    """Reliability diagram: fraction of positives against mean predicted probability per bin, counts below.
+
+    ``bins``: ``edges`` (B + 1,), ``mean_prob``, ``frac_pos``, ``count`` (B,) and ``ece``.
+    """
+    import matplotlib.ticker
+    import numpy as np
+
+    plt = _pyplot()
+    edges, count = np.asarray(bins["edges"]), np.asarray(bins["count"])
+    filled = count > 0
+    fig, (ax, ax_n) = plt.subplots(2, 1, figsize=(5, 5.2), height_ratios=(3, 1), sharex=True)
+    ax.plot([0, 1], [0, 1], ls="--", color="gray", lw=1, label="perfectly calibrated")
+    ax.plot(np.asarray(bins["mean_prob"])[filled], np.asarray(bins["frac_pos"])[filled], "o-", label="model")
+    ax.set(ylabel="fraction positive", xlim=(0, 1), ylim=(0, 1), title=f"Calibration (ECE {bins['ece']:.3f})")
+    ax.legend(fontsize=8, loc="upper left")
+    ax_n.bar(edges[:-1], count, width=np.diff(edges), align="edge", color="tab:blue", edgecolor="white")
+    if count.max(initial=0) > 0:
+        ax_n.set_yscale("log")  # near-0 negatives outnumber the rest by orders of magnitude
+        ax_n.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax_n.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax_n.set(xlabel="predicted probability", ylabel="labels")
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def plot_cooccurrence_pair(class_names: Sequence[str], truth, predicted, out, *, max_classes: int = 30):
+    """Label co-occurrence of the ground truth and of the predictions side by side, same label order.
+
+    Both matrices are (C, C) image counts; labels are ordered by ground-truth frequency.
+    """
+    import numpy as np
+
+    plt = _pyplot()
+    truth, predicted = np.asarray(truth), np.asarray(predicted)
+    order = sorted(range(len(class_names)), key=lambda i: (-truth[i, i], class_names[i]))[:max_classes]
+    names = [class_names[i] for i in order]
+    side = min(max(3.5, 1.5 + 0.28 * len(names)), 11)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1.5, side))
+    top = max(int(truth.max(initial=0)), int(predicted.max(initial=0)), 1)
+    for ax, matrix, title in ((axes[0], truth, "ground truth"), (axes[1], predicted, "predicted")):
+        sub = matrix[np.ix_(order, order)]
+        image = ax.imshow(sub, cmap="viridis", vmin=0, vmax=top)
+        if len(names) <= 12:  # numbers stay legible only on small grids
+            for (row, col), value in np.ndenumerate(sub):
+                color = "black" if value > top / 2 else "white"
+                ax.text(col, row, str(value), ha="center", va="center", fontsize=7, color=color)
+        ax.set_xticks(range(len(names)), labels=names, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(names)), labels=names, fontsize=7)
+        ax.set_title(f"Co-occurrence, {title}", fontsize=9)
+    fig.colorbar(image, ax=axes, label="images", shrink=0.8)
+    return _save(fig, out)
+
+
+def plot_error_counts(class_names: Sequence[str], tp, fp, fn, out, *, max_classes: int = 60):
+    """Per-class TP / FP / FN counts as grouped horizontal bars, most frequent labels on top."""
+    import numpy as np
+
+    plt = _pyplot()
+    tp, fp, fn = (np.asarray(a) for a in (tp, fp, fn))
+    order = sorted(range(len(class_names)), key=lambda i: (-(tp[i] + fn[i]), class_names[i]))[:max_classes]
+    y = np.arange(len(order))
+    fig, ax = plt.subplots(figsize=(7, min(1.5 + 0.32 * len(order), 22)))
+    bars = ((-0.27, tp, "TP", "tab:green"), (0.0, fp, "FP", "tab:orange"), (0.27, fn, "FN", "tab:red"))
+    for shift, values, label, color in bars:
+        ax.barh(y + shift, values[order], height=0.26, label=label, color=color)
+    ax.set_yticks(y, labels=[class_names[i] for i in order], fontsize=7)
+    ax.invert_yaxis()
+    ax.set(xlabel="images", title="True positives, false positives, false negatives per label")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def heatmap_overlay(image, cam, *, alpha: float = 0.6):
+    """An RGB PIL image with ``cam`` ((h, w) in [0, 1], any size) drawn over ``image`` in the jet colour map."""
+    import matplotlib
+    import numpy as np
+    from PIL import Image
+
+    base = image.convert("RGB")
+    heat = Image.fromarray(np.uint8(np.clip(cam, 0, 1) * 255)).resize(base.size, Image.Resampling.BILINEAR)
+    level = np.asarray(heat, np.float32) / 255.0  # (H, W)
+    colours = matplotlib.colormaps["jet"](level)[..., :3]  # (H, W, 3) in [0, 1]
+    # Opacity follows the map, so regions without evidence keep the image's own colours.
+    weight = (alpha * (0.25 + 0.75 * level))[..., None]
+    mixed = (1 - weight) * np.asarray(base, np.float32) + weight * 255.0 * colours
+    return Image.fromarray(np.uint8(np.clip(mixed, 0, 255)))
+
+
+def plot_gradcam_overlay(image, cam, caption: str, out):
+    """PNG of the image and its Grad-CAM overlay side by side, with ``caption`` as the title."""
+    from PIL import Image
+
+    plt = _pyplot()
+    # Small images (the 40 px demo scenes) are shown larger, big photos smaller: about 256-512 px.
+    scale = min(max(256 / max(image.size), 1.0), 512 / max(image.size))
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    shown = image.convert("RGB").resize(size, Image.Resampling.BICUBIC)
+    fig, axes = plt.subplots(1, 2, figsize=(7, 3.8))
+    for ax, picture in zip(axes, (shown, heatmap_overlay(shown, cam)), strict=True):
+        ax.imshow(picture)
+        ax.axis("off")
+    fig.suptitle(caption, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out, dpi=100)

@@ -1,0 +1,373 @@
+"""``mlic report``: one self-contained HTML page per run, drawn only from what the run saved.
+
+Inputs, all in the run folder: ``config.yaml``, ``metrics.csv``, ``checkpoints/best`` (class names, thresholds,
+and the weights for Grad-CAM) and ``predictions/*.npz`` (see ``mlic.predictions_io``). So a finished run is
+reported on without retraining, and ``--data`` adds a new labelled set by predicting it with the best checkpoint.
+
+The page embeds every picture as base64 (PNG plots, small JPEG thumbnails) and its Content-Security-Policy
+forbids any fetch: it opens offline, from an e-mail attachment as well as from the run folder. Sizes are
+capped (thumbnails of 96 px, 4 per label and kind, at most 60 labels in the galleries) so 50 labels and
+1,000 test images stay well under 20 MB.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlic.predictions_io import collect_predictions, load_predictions, save_predictions
+from mlic.report_html import page_html, section, table_html
+
+REPORT_FILE = "report.html"
+PREDICTIONS_DIR = "predictions"
+PR_PER_FIGURE = 24  # small multiples per image: 4 rows of 6
+MAX_PR_CLASSES = 120  # beyond this, the most frequent labels only
+NO_PREDICTIONS = (
+    "This run saved no validation or test predictions (it had neither a validation nor a test set), so this "
+    "section does not apply. <code>mlic report RUN_DIR --data labels.csv</code> evaluates the best checkpoint "
+    "on labelled data and fills it in."
+)
+
+
+def build_report(
+    run_dir: str | Path,
+    out: str | Path | None = None,
+    *,
+    data: str | Path | None = None,
+    fmt: str = "auto",
+    image_root: str | Path | None = None,
+    label_delimiter: str | None = None,
+    predictions: str | Path | None = None,
+    device: str = "cpu",
+    batch_size: int = 32,
+    num_workers: int = -1,
+    progress: bool = False,
+) -> Path:
+    """Write the HTML report of ``run_dir`` (default ``run_dir/report.html``) and return its path.
+
+    The evaluated set is ``predictions`` if given, else ``data`` (predicted now with the best checkpoint and
+    saved under ``run_dir/predictions/``), else the run's test predictions, else its validation predictions.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "metrics.csv").is_file() and not (run_dir / "checkpoints" / "best").is_dir():
+        raise FileNotFoundError(f"{run_dir}: not an mlic run folder (no metrics.csv, no checkpoints/best)")
+    if data is not None:
+        from mlic.data.loader import load_records
+
+        records = load_records(data, fmt=fmt, image_root=image_root, label_delimiter=label_delimiter)
+        keywords = collect_predictions(
+            run_dir / "checkpoints" / "best",
+            records,
+            batch_size=batch_size,
+            device=device,
+            num_workers=num_workers,
+            progress=progress,
+        )
+        predictions = save_predictions(run_dir / PREDICTIONS_DIR / f"data_{Path(data).stem}.npz", **keywords)
+    run = _load_run(run_dir, predictions)
+    sections = [
+        _summary_section(run),
+        _data_section(run),
+        _training_section(run),
+        *_evaluation_sections(run, device),
+    ]
+    page = page_html(f"mlic report: {run_dir.name}", sections)
+    out = Path(out) if out is not None else run_dir / REPORT_FILE
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, out)
+    return out
+
+
+# --- loading ---------------------------------------------------------------------------------------
+
+
+def _load_run(run_dir: Path, predictions: str | Path | None) -> dict[str, Any]:
+    import yaml
+
+    from mlic.checkpoint import CheckpointError, read_meta
+
+    config_text = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
+    try:
+        meta = read_meta(run_dir / "checkpoints" / "best")
+    except CheckpointError:
+        meta = None
+    pred_path = Path(predictions) if predictions is not None else None
+    if pred_path is None:
+        pred_path = next(
+            (p for p in (run_dir / PREDICTIONS_DIR / f"{s}.npz" for s in ("test", "val")) if p.is_file()), None
+        )
+    pred = load_predictions(pred_path) if pred_path is not None else None
+    if pred is not None and len(pred["probs"]) == 0:
+        pred = None
+    metrics = None
+    if pred is not None:
+        from mlic.metrics import compute_metrics
+
+        metrics = compute_metrics(
+            pred["probs"], pred["targets"], pred["masks"], pred["thresholds"], pred["class_names"]
+        )
+    return {
+        "dir": run_dir,
+        "config_text": config_text,
+        "config": (yaml.safe_load(config_text) or {}) if config_text else {},
+        "meta": meta,
+        "history": _read_metrics(run_dir / "metrics.csv"),
+        "pred": pred,
+        "pred_path": pred_path,
+        "metrics": metrics,
+        "class_names": list(meta["class_names"]) if meta else (pred["class_names"] if pred else []),
+    }
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    """metrics.csv rows with numbers as floats (epoch as int) and empty cells as None."""
+    if not path.is_file():
+        return []
+    rows = []
+    with open(path, newline="") as f:
+        for raw in csv.DictReader(f):
+            row: dict[str, Any] = {k: (float(v) if v not in ("", None) else None) for k, v in raw.items()}
+            row["epoch"] = int(row["epoch"] or 0)
+            rows.append(row)
+    return rows
+
+
+# --- sections --------------------------------------------------------------------------------------
+
+
+def _summary_section(run: dict[str, Any]) -> str:
+    meta, pred = run["meta"] or {}, run["pred"]
+    facts = [
+        ("run folder", str(run["dir"])),
+        ("model", (meta.get("model") or {}).get("name", "?")),
+        ("labels", str(len(run["class_names"]))),
+        ("best epoch", str(meta.get("epoch", "?"))),
+    ]
+    if pred is None:
+        return section("summary", "Summary", table_html(["", ""], facts) + f'<p class="missing">{NO_PREDICTIONS}</p>')
+    metrics = run["metrics"]
+    facts.append(("evaluated on", f"{_set_name(run)}: {metrics['num_images']} images ({run['pred_path'].name})"))
+    keys = ("mAP", "roc_auc_macro", "f1_micro", "f1_macro", "f1_samples", "precision_micro", "recall_micro")
+    facts += [(key, _num(metrics[key])) for key in (*keys, "hamming_loss", "exact_match")]
+    if metrics["excluded_from_map"]:
+        facts.append(("not in mAP (no positives)", ", ".join(map(str, metrics["excluded_from_map"]))))
+    return section("summary", "Summary", table_html(["", ""], facts))
+
+
+def _set_name(run: dict[str, Any]) -> str:
+    stem = run["pred_path"].stem
+    return {"test": "test set", "val": "validation set (also used to pick the checkpoint and thresholds)"}.get(
+        stem, f"labelled data {stem.removeprefix('data_')}"
+    )
+
+
+def _data_section(run: dict[str, Any]) -> str:
+    from mlic.plots import plot_label_frequency
+
+    cfg_data = run["config"].get("data", {}) if isinstance(run["config"], dict) else {}
+    rows, train_counts = [], None
+    for split in ("train", "val", "test"):
+        source = cfg_data.get(split)
+        if not source:
+            rows.append((split, "(none)", "", ""))
+            continue
+        counts = _label_counts(source, cfg_data)
+        if counts is None:
+            rows.append((split, str(source), "not readable from here", ""))
+            continue
+        n_images, per_label = counts
+        train_counts = per_label if split == "train" else train_counts
+        rows.append((split, str(source), str(n_images), str(sum(1 for v in per_label.values() if v))))
+    body = table_html(["split", "label file", "images", "labels present"], rows)
+    if not cfg_data.get("val") and cfg_data.get("train"):
+        body += (
+            f"<p>No validation file: {cfg_data.get('val_fraction', 0):.0%} of the training images were held out.</p>"
+        )
+    names = run["class_names"]
+    if train_counts is None and run["pred"] is not None:  # fall back to the evaluated set's labels
+        train_counts = dict(zip(names, (run["pred"]["targets"] * run["pred"]["masks"]).sum(0).astype(int), strict=True))
+    if train_counts and names:
+        png = _with_tmp_file(lambda p: plot_label_frequency(names, [int(train_counts.get(n, 0)) for n in names], p))
+        body += _img(png, "label frequencies", "plot")
+    elif not names:
+        body += '<p class="missing">No labels known: the run has no best checkpoint and no predictions.</p>'
+    body += f"<details><summary>config.yaml</summary><pre>{html.escape(run['config_text'])}</pre></details>"
+    return section("data", "Config and data", body)
+
+
+def _label_counts(source: str, cfg_data: dict[str, Any]) -> tuple[int, dict[str, int]] | None:
+    """(images, positives per label) of a label file named in the config; None if it cannot be read here."""
+    from mlic.data.loader import load_records
+
+    try:
+        records = load_records(
+            source,
+            fmt=cfg_data.get("format") or "auto",
+            image_root=cfg_data.get("image_root"),
+            label_delimiter=cfg_data.get("label_delimiter"),
+            check_files=False,
+            on_warning=lambda _message: None,
+        )
+    except (ValueError, OSError):  # DataError is a ValueError: moved, renamed or unreadable
+        return None
+    counts: dict[str, int] = {}
+    for record in records:
+        for name in record.positives:
+            counts[name] = counts.get(name, 0) + 1
+    return len(records), counts
+
+
+def _training_section(run: dict[str, Any]) -> str:
+    from mlic.plots import plot_training_curves
+
+    if not run["history"]:
+        return section("training", "Training curves", '<p class="missing">No metrics.csv in this run.</p>')
+    body = _img(_png(plot_training_curves, run["history"]), "training curves", "plot wide")
+    if all(row.get("val_mAP") is None for row in run["history"]):
+        body += '<p class="missing">No validation set: only the training loss and learning rate were recorded.</p>'
+    return section("training", "Training curves", body)
+
+
+def _evaluation_sections(run: dict[str, Any], device: str) -> list[str]:
+    titles = [
+        ("per-class", "Per-label metrics"),
+        ("curves", "Precision-recall and calibration"),
+        ("errors", "Co-occurrence and errors"),
+        ("galleries", "Galleries"),
+        ("gradcam", "Grad-CAM"),
+    ]
+    pred = run["pred"]
+    if pred is None:
+        return [section(key, title, f'<p class="missing">{NO_PREDICTIONS}</p>') for key, title in titles]
+    from mlic.metrics import predict_labels
+    from mlic.report_images import galleries_html, gradcam_html
+
+    known = pred["masks"] > 0
+    predicted = predict_labels(pred["probs"], pred["thresholds"]) & known
+    true = (pred["targets"] > 0) & known
+    counts = {"tp": (predicted & true).sum(0), "fp": (predicted & ~true).sum(0), "fn": (~predicted & true).sum(0)}
+    bodies = [
+        _per_class_table(run["metrics"], counts),
+        _curves(run["metrics"], pred, known),
+        _errors(pred["class_names"], true, predicted, counts),
+        galleries_html(pred, predicted, true, known),
+        gradcam_html(run["dir"] / "checkpoints" / "best", pred, predicted, device),
+    ]
+    return [section(key, title, body) for (key, title), body in zip(titles, bodies, strict=True)]
+
+
+def _per_class_table(metrics: dict[str, Any], counts: dict[str, np.ndarray]) -> str:
+    header = ["label", "support", "AP", "ROC AUC", "precision", "recall", "F1", "threshold", "TP", "FP", "FN"]
+    rows = []
+    for c, m in enumerate(metrics["per_class"]):
+        values = [m["support"], m["ap"], m["roc_auc"], m["precision"], m["recall"], m["f1"], m["threshold"]]
+        rows.append([str(m["name"]), *values, *(int(counts[k][c]) for k in ("tp", "fp", "fn"))])
+    note = "<p>Click a column header to sort. A label is predicted when its probability reaches its threshold.</p>"
+    return note + table_html(header, rows, table_id="per-class-table", sortable=True)
+
+
+def _curves(metrics: dict[str, Any], pred: dict[str, Any], known: np.ndarray) -> str:
+    from mlic.plots import plot_calibration, plot_pr_grid
+
+    names, per_class = pred["class_names"], metrics["per_class"]
+    order = sorted(range(len(names)), key=lambda c: (-per_class[c]["support"], str(names[c])))
+    shown = order[:MAX_PR_CLASSES]
+    curves = []
+    for c in sorted(shown):
+        recall, precision = pr_curve(pred["probs"][:, c], pred["targets"][:, c], known[:, c])
+        m = per_class[c]
+        point = (m["recall"], m["precision"])
+        curves.append({"name": names[c], "recall": recall, "precision": precision, "ap": m["ap"], "point": point})
+        curves[-1]["threshold"] = m["threshold"]
+    body = "<p>One panel per label; the red dot is the operating point at the label's threshold.</p>"
+    if len(shown) < len(names):
+        body += f"<p>Showing the {len(shown)} most frequent of {len(names)} labels.</p>"
+    for start in range(0, len(curves), PR_PER_FIGURE):
+        body += _img(_png(plot_pr_grid, curves[start : start + PR_PER_FIGURE]), "precision-recall curves", "plot pr")
+    bins = calibration_bins(pred["probs"], pred["targets"], known)
+    body += "<h3>Calibration</h3><p>Every known (image, label) pair, binned by predicted probability.</p>"
+    return body + _img(_png(plot_calibration, bins), "calibration plot", "plot calibration")
+
+
+def _errors(names: list[str], true: np.ndarray, predicted: np.ndarray, counts: dict[str, np.ndarray]) -> str:
+    from mlic.plots import plot_cooccurrence_pair, plot_error_counts
+
+    body = ""
+    if len(names) < 2:
+        body += '<p class="missing">Co-occurrence needs at least two labels; this model has one.</p>'
+    else:
+        t, p = true.astype(np.int64), predicted.astype(np.int64)
+        body += "<p>Images carrying both labels; the diagonal counts images with the label.</p>"
+        body += _img(_png(plot_cooccurrence_pair, names, t.T @ t, p.T @ p), "label co-occurrence", "plot wide")
+    return body + _img(_png(plot_error_counts, names, counts["tp"], counts["fp"], counts["fn"]), "error counts", "plot")
+
+
+# --- numbers behind the plots ----------------------------------------------------------------------
+
+
+def pr_curve(scores: np.ndarray, targets: np.ndarray, known: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(recall, precision) at every distinct score of one label's known entries, from recall 0; None without positives.
+
+    Tied scores form one operating point, as in ``mlic.metrics.average_precision``.
+    """
+    s, t = np.asarray(scores, np.float64)[known], np.asarray(targets)[known] > 0
+    if not t.any():
+        return None, None
+    order = np.argsort(-s, kind="mergesort")
+    s, t = s[order], t[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # the last row of each group of tied scores
+    tp, fp = np.cumsum(t)[last], np.cumsum(~t)[last]
+    recall, precision = tp / t.sum(), tp / (tp + fp)
+    return np.r_[0.0, recall], np.r_[1.0, precision]
+
+
+def calibration_bins(probs: np.ndarray, targets: np.ndarray, known: np.ndarray, bins: int = 10) -> dict[str, Any]:
+    """Equal-width reliability bins over all known entries, and the expected calibration error."""
+    p, t = np.asarray(probs, np.float64)[known], np.asarray(targets)[known] > 0
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    count = np.bincount(which, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_prob = np.bincount(which, weights=p, minlength=bins) / count
+        frac_pos = np.bincount(which, weights=t, minlength=bins) / count
+    filled = count > 0
+    ece = float((count[filled] * np.abs(frac_pos[filled] - mean_prob[filled])).sum() / max(count.sum(), 1))
+    return {"edges": edges, "mean_prob": mean_prob, "frac_pos": frac_pos, "count": count, "ece": ece}
+
+
+# --- embedding ---------------------------------------------------------------------------------------
+
+
+def _png(plot: Callable[..., Any], *args: Any, **kwargs: Any) -> bytes:
+    buffer = io.BytesIO()
+    plot(*args, buffer, **kwargs)
+    return buffer.getvalue()
+
+
+def _with_tmp_file(plot: Callable[[Path], Any]) -> bytes:
+    """PNG bytes from a plot function that only writes to a path."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "plot.png"
+        plot(path)
+        return path.read_bytes()
+
+
+def _img(png: bytes, alt: str, cls: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img class="{cls}" alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _num(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
