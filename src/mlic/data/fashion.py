@@ -17,7 +17,6 @@ collages use the official test split only. Every collage is written with its pro
 
 from __future__ import annotations
 
-import csv
 import gzip
 import hashlib
 import json
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from mlic.data.generated import begin_build, finish_build, is_complete, write_tag_csv
 from mlic.data.records import DataError
 
 # Fashion-MNIST's label order, written as CSV-safe tags (no spaces or slashes): "T-shirt/top" -> tshirt_top.
@@ -48,7 +48,6 @@ FASHION_CLASSES: tuple[str, ...] = (
 )
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-MANIFEST_NAME = "manifest.json"
 SOURCES_NAME = "sources.jsonl"
 # Bump when the drawing changes, so folders written by an older generator are regenerated.
 GENERATOR_VERSION = 1
@@ -239,15 +238,9 @@ def _fingerprint(train_labels: np.ndarray, test_labels: np.ndarray) -> dict:
 
 def _is_complete(root: Path, manifest: dict) -> bool:
     """True if root holds a finished dataset written with exactly these parameters."""
-    try:
-        stored = json.loads((root / MANIFEST_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    if stored != manifest:
-        return False
     needed = [root / f"{split}.csv" for split in SPLITS] + [root / SOURCES_NAME]
     needed += [root / _image_rel(split, i) for split in SPLITS for i in range(manifest["counts"][split])]
-    return all(p.is_file() for p in needed)
+    return is_complete(root, manifest, needed)
 
 
 def _write_split(root: Path, split: str, plans: list[_Collage], images, labels, image_size: int, progress: bool):
@@ -322,9 +315,7 @@ def _build(root: Path, data: dict[str, np.ndarray], manifest: dict, paths: dict[
     for split, pool in pools.items():
         if counts[split] and not len(pool):
             raise DataError(f"no garments for {split} collages: the IDX files hold too few images")
-    root.mkdir(parents=True, exist_ok=True)
-    # Drop the old manifest first: a run interrupted from here on must not look complete.
-    (root / MANIFEST_NAME).unlink(missing_ok=True)
+    begin_build(root)
     source_lines: list[str] = []
     for split_id, split in enumerate(SPLITS):
         plans = _plan_split(pools[split], counts[split], image_size, seed, split_id)
@@ -332,12 +323,6 @@ def _build(root: Path, data: dict[str, np.ndarray], manifest: dict, paths: dict[
         images, labels = data[f"{source}_images"], data[f"{source}_labels"]
         rows, lines = _write_split(root, split, plans, images, labels, image_size, progress)
         source_lines += lines
-        with open(paths[split], "w", encoding="utf-8", newline="") as f:
-            writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(("image", "labels"))
-            writer.writerows(rows)
+        write_tag_csv(paths[split], rows)
     paths["sources"].write_text("".join(line + "\n" for line in source_lines), encoding="utf-8")
-    # Manifest last, atomically: its presence means everything above is on disk.
-    tmp = root / (MANIFEST_NAME + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, root / MANIFEST_NAME)
+    finish_build(root, manifest)

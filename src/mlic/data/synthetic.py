@@ -20,10 +20,8 @@ byte-identical files, and the splits never share a scene.
 from __future__ import annotations
 
 import colorsys
-import csv
 import json
 import math
-import os
 import re
 import sys
 from pathlib import Path
@@ -31,11 +29,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from mlic.data.generated import begin_build, finish_build, is_complete, write_tag_csv
+
 # Six shapes that stay distinct at ~12 px: filled round, hollow round, 4, 3, 5 and 12 corners.
 CLASSES: tuple[str, ...] = ("circle", "ring", "square", "triangle", "star", "cross")
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-MANIFEST_NAME = "manifest.json"
 # Bump when the drawing changes, so folders written by an older generator are regenerated.
 GENERATOR_VERSION = 1
 MIN_IMAGE_SIZE = 24
@@ -209,15 +208,9 @@ def _image_rel(split: str, index: int) -> str:
 
 def _is_complete(root: Path, manifest: dict) -> bool:
     """True if root holds a finished dataset written with exactly these parameters."""
-    try:
-        stored = json.loads((root / MANIFEST_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    if stored != manifest:
-        return False
     needed = [root / f"{split}.csv" for split in SPLITS] + [root / "boxes.jsonl"]
     needed += [root / _image_rel(split, i) for split in SPLITS for i in range(manifest["counts"][split])]
-    return all(p.is_file() for p in needed)
+    return is_complete(root, manifest, needed)
 
 
 def _clear_split_dir(folder: Path) -> None:
@@ -280,20 +273,12 @@ def make_shapes_dataset(
     if _is_complete(root, manifest):
         return paths
 
-    root.mkdir(parents=True, exist_ok=True)
-    # Drop the old manifest first: a run interrupted from here on must not look complete.
-    (root / MANIFEST_NAME).unlink(missing_ok=True)
+    begin_build(root)
     all_box_lines: list[str] = []
     for split_id, split in enumerate(SPLITS):
         rows, box_lines = _write_split(root, split, split_id, counts[split], image_size, seed, progress)
         all_box_lines += box_lines
-        with open(paths[split], "w", encoding="utf-8", newline="") as f:
-            writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(("image", "labels"))
-            writer.writerows(rows)
+        write_tag_csv(paths[split], rows)
     paths["boxes"].write_text("".join(line + "\n" for line in all_box_lines), encoding="utf-8")
-    # Manifest last, atomically: its presence means everything above is on disk.
-    tmp = root / (MANIFEST_NAME + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, root / MANIFEST_NAME)
+    finish_build(root, manifest)
     return paths
