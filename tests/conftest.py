@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -19,3 +20,37 @@ def tiny_shapes(tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("shapes")
     return make_shapes_dataset(root, num_train=64, num_val=24, num_test=24, image_size=32, seed=1)
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",  # CI runs as root, where Chromium's sandbox refuses to start
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",  # this network is closed: no update or metrics calls
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+def chromium():
+    """Headless Debian Chromium driven by Playwright (never a downloaded browser).
+
+    Skipped when Playwright or the chromium package is missing, except under CI=true, where that fails.
+    """
+    if os.environ.get("CI") == "true":
+        from playwright.sync_api import sync_playwright
+
+        assert Path(CHROMIUM).is_file(), f"{CHROMIUM} missing: .ci/run must `apt-get install -y chromium`"
+    else:
+        sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+        if not Path(CHROMIUM).is_file():
+            pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()

@@ -7,33 +7,11 @@ browser comes from apt). Skipped when either is missing, except under CI=true, w
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import pytest
 
 from mlic.cli import main
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",  # CI runs as root, where Chromium's sandbox refuses to start
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-if os.environ.get("CI") == "true":  # in CI a missing browser is a failure, never a skip
-    from playwright.sync_api import sync_playwright
-
-    assert Path(CHROMIUM).is_file(), f"{CHROMIUM} missing: .ci/run must `apt-get install -y chromium`"
-else:
-    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
-    if not Path(CHROMIUM).is_file():
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")
@@ -70,47 +48,40 @@ def _visible_box(locator) -> dict:
     return box
 
 
-def test_report_renders_offline_and_sorts(report, tmp_path):
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            errors, fetched = [], []
-            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.on(
-                "request", lambda req: fetched.append(req.url) if not req.url.startswith(("file:", "data:")) else None
-            )
-            page.goto(report.as_uri(), wait_until="load")
+def test_report_renders_offline_and_sorts(report, tmp_path, chromium):
+    page = chromium.new_page(viewport={"width": 1280, "height": 900})
+    errors, fetched = [], []
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("request", lambda req: fetched.append(req.url) if not req.url.startswith(("file:", "data:")) else None)
+    page.goto(report.as_uri(), wait_until="load")
 
-            table = page.locator("#per-class-table")
-            _visible_box(table)
-            assert table.locator("tbody tr").count() == 6
-            pr = page.locator("img.pr").first
-            _visible_box(pr)
-            assert pr.evaluate("(img) => img.complete && img.naturalWidth > 300")
-            # every embedded picture decodes (plots, thumbnails, Grad-CAM overlays)
-            assert page.evaluate("Array.from(document.images).every((i) => i.complete && i.naturalWidth > 0)")
-            assert page.locator("#gradcam figure").count() >= 2
+    table = page.locator("#per-class-table")
+    _visible_box(table)
+    assert table.locator("tbody tr").count() == 6
+    pr = page.locator("img.pr").first
+    _visible_box(pr)
+    assert pr.evaluate("(img) => img.complete && img.naturalWidth > 300")
+    # every embedded picture decodes (plots, thumbnails, Grad-CAM overlays)
+    assert page.evaluate("Array.from(document.images).every((i) => i.complete && i.naturalWidth > 0)")
+    assert page.locator("#gradcam figure").count() >= 2
 
-            # a click on AP sorts ascending (n/a last), a second click descending
-            header = table.locator("th", has_text="AP").first
-            header.click()
-            assert header.get_attribute("aria-sort") == "ascending"
-            values = [float(v) for v in _column(page, "AP") if v != ""]
-            assert values == sorted(values)
-            header.click()
-            assert header.get_attribute("aria-sort") == "descending"
-            values = [float(v) for v in _column(page, "AP") if v != ""]
-            assert values == sorted(values, reverse=True)
-            table.locator("th", has_text="label").click()  # text columns sort by name
-            names = table.locator("tbody tr td:first-child").all_inner_texts()
-            assert names == sorted(names)
+    # a click on AP sorts ascending (n/a last), a second click descending
+    header = table.locator("th", has_text="AP").first
+    header.click()
+    assert header.get_attribute("aria-sort") == "ascending"
+    values = [float(v) for v in _column(page, "AP") if v != ""]
+    assert values == sorted(values)
+    header.click()
+    assert header.get_attribute("aria-sort") == "descending"
+    values = [float(v) for v in _column(page, "AP") if v != ""]
+    assert values == sorted(values, reverse=True)
+    table.locator("th", has_text="label").click()  # text columns sort by name
+    names = table.locator("tbody tr td:first-child").all_inner_texts()
+    assert names == sorted(names)
 
-            shot = tmp_path / "report.png"
-            page.screenshot(path=str(shot), full_page=True)
-            assert shot.stat().st_size > 20_000
-            assert errors == [], errors
-            assert fetched == [], fetched
-        finally:
-            browser.close()
+    shot = tmp_path / "report.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 20_000
+    assert errors == [], errors
+    assert fetched == [], fetched

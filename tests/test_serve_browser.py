@@ -7,38 +7,19 @@ browser comes from apt). Skipped when either is missing, except under CI=true, w
 import base64
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from mlic.cli import main
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",  # CI runs as root, where Chromium's sandbox refuses to start
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-if os.environ.get("CI") == "true":  # in CI a missing browser is a failure, never a skip
+if os.environ.get("CI") == "true":  # in CI a missing dependency is a failure, never a skip
     import httpx
-    from playwright.sync_api import sync_playwright
-
-    assert Path(CHROMIUM).is_file(), f"{CHROMIUM} missing: .ci/run must `apt-get install -y chromium`"
 else:
     httpx = pytest.importorskip("httpx")
-    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
-    if not Path(CHROMIUM).is_file():
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True)
 
 
 def _free_port() -> int:
@@ -117,7 +98,7 @@ def _assert_card_matches(card: dict, answer: dict, thresholds: dict) -> None:
     assert card["previewWidth"] > 0
 
 
-def test_page_renders_the_apis_answer(server, tiny_shapes, tmp_path):
+def test_page_renders_the_apis_answer(server, tiny_shapes, tmp_path, chromium):
     images = sorted((tiny_shapes["test"].parent / "images" / "test").glob("*.png"))[:2]
     answers = {}
     for path in images:
@@ -127,40 +108,33 @@ def test_page_renders_the_apis_answer(server, tiny_shapes, tmp_path):
         thresholds = r.json()["thresholds"]
 
     problems, foreign = [], []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1100, "height": 800})
-            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: problems.append(str(e)))
-            page.on(
-                "request", lambda r: None if r.url.startswith((server, "blob:", "data:")) else foreign.append(r.url)
-            )
-            page.goto(server)
-            _wait_until(page, "document.getElementById('model-info').textContent.includes('classes')")
+    page = chromium.new_page(viewport={"width": 1100, "height": 800})
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.on("request", lambda r: None if r.url.startswith((server, "blob:", "data:")) else foreign.append(r.url))
+    page.goto(server)
+    _wait_until(page, "document.getElementById('model-info').textContent.includes('classes')")
 
-            # 1. the file chooser
-            page.set_input_files("#file-input", str(images[0]))
-            page.wait_for_selector('#results .card[data-state="done"]', timeout=30_000)
-            # 2. drag and drop: a drop event carrying the second image, as a browser builds it from a desktop drag
-            page.evaluate(
-                """([name, b64]) => {
-                    const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
-                    const transfer = new DataTransfer();
-                    transfer.items.add(new File([bytes], name, {type: 'image/png'}));
-                    const zone = document.getElementById('drop-zone');
-                    const drop = new DragEvent('drop', {dataTransfer: transfer, bubbles: true, cancelable: true});
-                    zone.dispatchEvent(drop);
-                }""",
-                [images[1].name, base64.b64encode(images[1].read_bytes()).decode()],
-            )
-            _wait_until(page, "document.querySelectorAll('.card[data-state=\"done\"]').length === 2")
-            _wait_until(page, "[...document.querySelectorAll('img.preview')].every(i => i.naturalWidth > 0)")
-            cards = _rendered(page)
-            shot = tmp_path / "serve_page.png"
-            page.screenshot(path=str(shot), full_page=True)
-        finally:
-            browser.close()
+    # 1. the file chooser
+    page.set_input_files("#file-input", str(images[0]))
+    page.wait_for_selector('#results .card[data-state="done"]', timeout=30_000)
+    # 2. drag and drop: a drop event carrying the second image, as a browser builds it from a desktop drag
+    page.evaluate(
+        """([name, b64]) => {
+            const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], name, {type: 'image/png'}));
+            const zone = document.getElementById('drop-zone');
+            const drop = new DragEvent('drop', {dataTransfer: transfer, bubbles: true, cancelable: true});
+            zone.dispatchEvent(drop);
+        }""",
+        [images[1].name, base64.b64encode(images[1].read_bytes()).decode()],
+    )
+    _wait_until(page, "document.querySelectorAll('.card[data-state=\"done\"]').length === 2")
+    _wait_until(page, "[...document.querySelectorAll('img.preview')].every(i => i.naturalWidth > 0)")
+    cards = _rendered(page)
+    shot = tmp_path / "serve_page.png"
+    page.screenshot(path=str(shot), full_page=True)
 
     assert sorted(c["filename"] for c in cards) == sorted(answers)
     for card in cards:
