@@ -19,7 +19,8 @@ from mlic.models.seed_cnn import SeedCNN
 from mlic.predictions_io import load_predictions, save_predictions
 from mlic.report import build_report, calibration_bins, pr_curve
 
-TRAIN = ["--image-size", "32", "--epochs", "1", "--batch-size", "16", "--no-progress", "--device", "cpu"]
+# --no-report: each test builds the report it checks itself, so training need not write one too
+TRAIN = ["--image-size", "32", "--epochs", "1", "--batch-size", "16", "--no-progress", "--device", "cpu", "--no-report"]
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +143,7 @@ def _fake_run(root, *, num_images: int, num_classes: int, image_size: int = 64, 
         paths.append(str(root / "images" / f"{i:05d}.png"))
         Image.fromarray(pixels).save(paths[-1])
     targets = rng.random((num_images, num_classes)) < 0.08
-    probs = np.clip(0.55 * targets + rng.uniform(0, 0.5, targets.shape), 0, 1)
+    probs = np.clip(0.35 * targets + rng.uniform(0, 0.6, targets.shape), 0, 1)  # overlapping: AP below 1
     masks = np.ones_like(probs)
     masks[: num_images // 10, 0] = 0  # some unknown labels
     save_predictions(
@@ -168,9 +169,9 @@ def test_labels_are_escaped_and_table_is_sortable(tmp_path):
     assert re.findall(r'data-v="([^"]*)"', row)[0] == str(support)  # numbers carry their sort key
 
 
-@pytest.mark.slow
 def test_report_size_for_50_labels_and_1000_images(tmp_path):
-    run = _fake_run(tmp_path, num_images=1000, num_classes=50, image_size=128)
+    # 96 px noisy images: every thumbnail is full size and compresses badly, so this is an upper bound
+    run = _fake_run(tmp_path, num_images=1000, num_classes=50, image_size=96)
     start = time.perf_counter()
     out = build_report(run)
     seconds = time.perf_counter() - start

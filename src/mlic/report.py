@@ -189,20 +189,22 @@ def _data_section(run: dict[str, Any]) -> str:
         train_counts = per_label if split == "train" else train_counts
         rows.append((split, str(source), str(n_images), str(sum(1 for v in per_label.values() if v))))
     body = table_html(["split", "label file", "images", "labels present"], rows)
+    fraction = cfg_data.get("val_fraction") or 0
     if not cfg_data.get("val") and cfg_data.get("train"):
-        body += (
-            f"<p>No validation file: {cfg_data.get('val_fraction', 0):.0%} of the training images were held out.</p>"
-        )
-    names = run["class_names"]
+        held_out = f"{fraction:.0%} of the training images were held out" if fraction > 0 else "no validation set"
+        body += f"<p>No validation file: {held_out}.</p>"
+    body += f"<details><summary>config.yaml</summary><pre>{html.escape(run['config_text'])}</pre></details>"
+    names, counted = run["class_names"], "Training images per label."
     if train_counts is None and run["pred"] is not None:  # fall back to the evaluated set's labels
+        counted = "Evaluated images per label (the training labels cannot be read from here)."
         train_counts = dict(zip(names, (run["pred"]["targets"] * run["pred"]["masks"]).sum(0).astype(int), strict=True))
+    plot = ""
     if train_counts and names:
         png = _with_tmp_file(lambda p: plot_label_frequency(names, [int(train_counts.get(n, 0)) for n in names], p))
-        body += _img(png, "label frequencies", "plot")
+        plot = f"<div><p>{counted}</p>{_img(png, 'label frequencies', 'plot freq')}</div>"
     elif not names:
-        body += '<p class="missing">No labels known: the run has no best checkpoint and no predictions.</p>'
-    body += f"<details><summary>config.yaml</summary><pre>{html.escape(run['config_text'])}</pre></details>"
-    return section("data", "Config and data", body)
+        plot = '<p class="missing">No labels known: the run has no best checkpoint and no predictions.</p>'
+    return section("data", "Config and data", f'<div class="row"><div>{body}</div>{plot}</div>')
 
 
 def _label_counts(source: str, cfg_data: dict[str, Any]) -> tuple[int, dict[str, int]] | None:
@@ -292,11 +294,14 @@ def _curves(metrics: dict[str, Any], pred: dict[str, Any], known: np.ndarray) ->
     body = "<p>One panel per label; the red dot is the operating point at the label's threshold.</p>"
     if len(shown) < len(names):
         body += f"<p>Showing the {len(shown)} most frequent of {len(names)} labels.</p>"
-    for start in range(0, len(curves), PR_PER_FIGURE):
-        body += _img(_png(plot_pr_grid, curves[start : start + PR_PER_FIGURE]), "precision-recall curves", "plot pr")
+    grids = "".join(
+        _img(_png(plot_pr_grid, curves[start : start + PR_PER_FIGURE]), "precision-recall curves", "plot pr")
+        for start in range(0, len(curves), PR_PER_FIGURE)
+    )
     bins = calibration_bins(pred["probs"], pred["targets"], known)
-    body += "<h3>Calibration</h3><p>Every known (image, label) pair, binned by predicted probability.</p>"
-    return body + _img(_png(plot_calibration, bins), "calibration plot", "plot calibration")
+    calibration = _img(_png(plot_calibration, bins), "calibration plot", "plot calibration")
+    note = "<h3>Calibration</h3><p>Every known (image, label) pair, binned by predicted probability.</p>"
+    return body + f'<div class="row"><div>{grids}</div><div>{note}{calibration}</div></div>'
 
 
 def _errors(names: list[str], true: np.ndarray, predicted: np.ndarray, counts: dict[str, np.ndarray]) -> str:
@@ -308,8 +313,9 @@ def _errors(names: list[str], true: np.ndarray, predicted: np.ndarray, counts: d
     else:
         t, p = true.astype(np.int64), predicted.astype(np.int64)
         body += "<p>Images carrying both labels; the diagonal counts images with the label.</p>"
-        body += _img(_png(plot_cooccurrence_pair, names, t.T @ t, p.T @ p), "label co-occurrence", "plot wide")
-    return body + _img(_png(plot_error_counts, names, counts["tp"], counts["fp"], counts["fn"]), "error counts", "plot")
+        body += _img(_png(plot_cooccurrence_pair, names, t.T @ t, p.T @ p), "label co-occurrence", "plot")
+    errors = _img(_png(plot_error_counts, names, counts["tp"], counts["fp"], counts["fn"]), "error counts", "plot")
+    return f'<div class="row">{body and f"<div>{body}</div>"}<div>{errors}</div></div>'
 
 
 # --- numbers behind the plots ----------------------------------------------------------------------

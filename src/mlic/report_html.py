@@ -24,6 +24,9 @@ td[data-v], table.sortable th:not(:first-child) { text-align: right; }
 table.sortable th { cursor: pointer; user-select: none; background: #f4f4f4; }
 th[aria-sort=ascending]::after { content: " \\25B2"; } th[aria-sort=descending]::after { content: " \\25BC"; }
 img.plot { display: block; max-width: 100%; margin: 8px 0; } img.pr { border: 1px solid #eee; }
+img.freq { max-width: min(100%, 560px); }
+.row { display: flex; flex-wrap: wrap; gap: 24px; align-items: flex-start; } .row > div { max-width: 100%; }
+.row h3 { margin-top: 8px; }
 .missing { color: #8a5a00; background: #fff7e6; padding: 6px 10px; border-left: 3px solid #f0b400; }
 .gallery-class { margin: 10px 0 18px; } .kinds { display: flex; flex-wrap: wrap; gap: 18px; }
 .kind h4 { margin: 4px 0; font-weight: 600; } .thumbs { display: flex; gap: 6px; }
