@@ -1,6 +1,7 @@
 """Recipes and training features end to end through the CLI, on tiny data."""
 
 import csv
+import os
 from pathlib import Path
 
 import pytest
@@ -43,8 +44,6 @@ def test_early_stopping_stops(tiny_shapes, tmp_path):
 
 
 def test_timm_model_trains_an_epoch_from_local_weights(tiny_shapes, tmp_path):
-    import os
-
     if os.environ.get("CI") == "true":
         import timm
     else:
@@ -67,3 +66,20 @@ def test_timm_model_trains_an_epoch_from_local_weights(tiny_shapes, tmp_path):
     stem = "conv1.0.weight"
     drift = (model.state_dict()[stem] - source.state_dict()[stem]).abs().mean()
     assert drift < source.state_dict()[stem].abs().mean()
+
+
+def test_tensorboard_event_files(tiny_shapes, tmp_path):
+    if os.environ.get("CI") == "true":
+        import tensorboard  # noqa: F401
+    else:
+        pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    args = ["train", str(tiny_shapes["train"]), "--val", str(tiny_shapes["val"]), "--image-size", "32", "--epochs", "2",
+            "--tensorboard", "--output-dir", str(tmp_path), "--name", "tb", "--no-progress", "--no-report",
+            "--device", "cpu"]  # fmt: skip
+    assert main(args) == 0
+    events = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
+    events.Reload()
+    assert {"train/loss", "val/mAP"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("val/mAP")] == [1, 2]

@@ -102,6 +102,7 @@ class TrainConfig:
     dry_run: bool = False  # one batch of train and val, end to end, then stop
     checkpoint_every: int = 0  # also write checkpoints/last every N optimizer steps; 0 = at epoch ends only
     report: bool = True  # write report.html at the end
+    tensorboard: bool = False  # also write TensorBoard event files to runs/<name>/tensorboard
     max_minutes: float = 0.0  # training time budget; after epoch 1 the epochs (and schedule) are fitted to it
 
     def validate(self) -> None:
@@ -258,6 +259,7 @@ FLAT_KEYS = {
             "max_minutes",
             "checkpoint_every",
             "report",
+            "tensorboard",
         )
     },
 }

@@ -106,6 +106,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps (default: epoch ends only)")
     g.add_argument("--max-minutes", type=float, help="training time budget; epochs and schedule fitted to it")
     g.add_argument("--no-report", dest="report", action="store_false", default=None, help="skip report.html")
+    g.add_argument(
+        "--tensorboard",
+        action="store_true",
+        default=None,
+        help="also write TensorBoard event files (runs/<name>/tensorboard)",
+    )
     g.add_argument("--seed", type=int, help="random seed (default 0)")
     g.add_argument("--device", help="auto|cpu|cuda|cuda:N|mps (default auto)")
     g.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bars")

@@ -139,14 +139,25 @@ def _fit(cfg: TrainConfig, info: DistInfo, device: torch.device, overwrite: bool
     if resume:
         progress = _restore(run_dir / "checkpoints" / "last", cfg, data, t)
     stop = _StopFlag()
-    with stop.installed():
-        _train(cfg, info, device, run_dir, data, t, progress, steps_per_epoch, stop)
+    tb = None
+    if cfg.tensorboard and info.is_main:
+        from mlic.tensorboard_log import TensorboardWriter
+
+        tb = TensorboardWriter(run_dir / "tensorboard")
+    try:
+        with stop.installed():
+            _train(cfg, info, device, run_dir, data, t, progress, steps_per_epoch, stop, tb)
+    finally:
+        if tb is not None:
+            tb.close()
     result = _finish(cfg, info, device, run_dir, data, progress)
     result.model = t.raw
     return result
 
 
-def _train(cfg, info, device, run_dir, data: RunData, t: Trainer, p: Progress, steps_per_epoch: int, stop) -> None:
+def _train(
+    cfg, info, device, run_dir, data: RunData, t: Trainer, p: Progress, steps_per_epoch: int, stop, tb=None
+) -> None:
     train_start = time.perf_counter()
     while p.epoch < p.epochs:
         epoch = p.epoch + 1
@@ -174,6 +185,8 @@ def _train(cfg, info, device, run_dir, data: RunData, t: Trainer, p: Progress, s
                 _raise_interrupted(stop, run_dir, p)
             continue
         row = _end_epoch(cfg, info, device, run_dir, data, t, p, epoch)
+        if tb is not None:
+            tb.log_epoch(row)
         if (
             cfg.max_minutes > 0
             and p.epoch < p.epochs
