@@ -22,6 +22,19 @@ def tiny_shapes(tmp_path_factory) -> dict[str, Path]:
     return make_shapes_dataset(root, num_train=64, num_val=24, num_test=24, image_size=32, seed=1)
 
 
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_shapes, tmp_path_factory) -> Path:
+    """A 1-epoch seed_cnn checkpoint at 32 px on ``tiny_shapes``, trained once per test session."""
+    from mlic.cli import main
+
+    out = tmp_path_factory.mktemp("tiny_checkpoint")
+    args = ["train", str(tiny_shapes["train"]), "--val", str(tiny_shapes["val"]), "--image-size", "32", "--epochs", "1",
+            "--batch-size", "16", "--output-dir", str(out), "--name", "s", "--no-progress", "--no-report",
+            "--device", "cpu"]  # fmt: skip
+    assert main(args) == 0
+    return out / "s" / "checkpoints" / "best"
+
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",  # CI runs as root, where Chromium's sandbox refuses to start

@@ -92,47 +92,11 @@ def test_torchrun_predict_shards_and_merges_in_order(ddp_run, tiny_shapes, tmp_p
     images = tiny_shapes["test"].parent / "images" / "test"
     (tmp_path / "broken.png").write_text("not an image")  # errors keep their place in the merged order too
     inputs = [str(images), str(tmp_path / "broken.png")]
-    single = tmp_path / "single.csv"
-    assert (
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "mlic",
-                "predict",
-                str(ckpt),
-                *inputs,
-                "--format",
-                "csv",
-                "--output",
-                str(single),
-                "--device",
-                "cpu",
-            ],
-            capture_output=True,
-        ).returncode
-        == 0
-    )
-    merged = tmp_path / "merged.csv"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "mlic",
-        "predict",
-        str(ckpt),
-        *inputs,
-        "--format",
-        "csv",
-        "--output",
-        str(merged),
-        "--device",
-        "cpu",
-    ]
+    predict = ["-m", "mlic", "predict", str(ckpt), *inputs, "--format", "csv", "--device", "cpu", "--output"]
+    single, merged = tmp_path / "single.csv", tmp_path / "merged.csv"
+    assert subprocess.run([sys.executable, *predict, str(single)], capture_output=True).returncode == 0
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    cmd = [*torchrun, *predict, str(merged)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert merged.read_text() == single.read_text()

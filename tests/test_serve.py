@@ -23,24 +23,14 @@ else:
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from mlic.cli import build_parser, main  # noqa: E402
+from mlic.cli import build_parser  # noqa: E402
 from mlic.inference import Predictor  # noqa: E402
 from mlic.serve import create_app  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tiny_shapes, tmp_path_factory) -> Path:
-    """A 1-epoch checkpoint, trained once per session (test_serve_browser.py reuses the same folder)."""
-    out = tmp_path_factory.getbasetemp() / "serve_checkpoint"
-    best = out / "s" / "checkpoints" / "best"
-    if not (best / "meta.json").is_file():
-        args = [
-            "train", str(tiny_shapes["train"]), "--val", str(tiny_shapes["val"]), "--image-size", "32",
-            "--epochs", "1", "--batch-size", "16", "--output-dir", str(out), "--name", "s", "--no-progress",
-            "--device", "cpu",
-        ]  # fmt: skip
-        assert main(args) == 0
-    return best
+def checkpoint(tiny_checkpoint) -> Path:
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

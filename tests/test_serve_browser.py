@@ -14,8 +14,6 @@ import time
 
 import pytest
 
-from mlic.cli import main
-
 if os.environ.get("CI") == "true":  # in CI a missing dependency is a failure, never a skip
     import httpx
 else:
@@ -29,17 +27,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_shapes, tmp_path_factory):
+def server(tiny_checkpoint, tmp_path_factory):
     """A live ``python -m mlic serve`` on a free loopback port; yields its base URL."""
-    out = tmp_path_factory.getbasetemp() / "serve_checkpoint"  # the folder test_serve.py trains into
-    best = out / "s" / "checkpoints" / "best"
-    if not (best / "meta.json").is_file():
-        args = [
-            "train", str(tiny_shapes["train"]), "--val", str(tiny_shapes["val"]), "--image-size", "32",
-            "--epochs", "1", "--batch-size", "16", "--output-dir", str(out), "--name", "s", "--no-progress",
-            "--device", "cpu",
-        ]  # fmt: skip
-        assert main(args) == 0
+    best = tiny_checkpoint
     port = _free_port()
     log_path = tmp_path_factory.mktemp("serve_log") / "serve.log"
     log = log_path.open("w")
