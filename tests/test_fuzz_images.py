@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import io
 import random
-import signal
 import struct
 import time
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from timeouts import hard_timeout
 
 from mlic.data.dataset import MultiLabelDataset
 from mlic.data.images import decode_image
@@ -190,22 +188,6 @@ def make_fuzz_set(root: Path, num_mutants: int, seed: int = 1234) -> FuzzSet:
 
 
 # ---- the run -----------------------------------------------------------------------------------------------
-
-
-@contextmanager
-def hard_timeout(seconds: int) -> Iterator[None]:
-    """Fail instead of hanging: SIGALRM interrupts the main thread even while it waits on worker queues."""
-
-    def expire(signum, frame):
-        raise TimeoutError(f"no result within {seconds} s: a decoder or a worker hangs")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 @dataclass

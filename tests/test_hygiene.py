@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import io
 import json
-import signal
 import struct
 import time
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from timeouts import hard_timeout
 
 from mlic.data.labels import encode
 from mlic.data.loader import load_records, merge_duplicates, unknown_labels
@@ -44,20 +42,6 @@ def png(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(image_bytes("PNG", (8, 6)))
     return path
-
-
-@contextmanager
-def hard_timeout(seconds: int) -> Iterator[None]:
-    def expire(signum, frame):
-        raise TimeoutError(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 # ---- duplicate rows ----------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mlic.data.generated import begin_build, finish_build, is_complete, write_tag_csv
+from mlic.data.generated import begin_build, check_build_args, finish_build, is_complete, write_tag_csv
 from mlic.data.records import DataError
 
 # Fashion-MNIST's label order, written as CSV-safe tags (no spaces or slashes): "T-shirt/top" -> tshirt_top.
@@ -282,13 +282,7 @@ def make_fashion_collages(
     """
     root = Path(out_dir)
     counts = {"train": num_train, "val": num_val, "test": num_test}
-    for name, value in counts.items():
-        if value < 0:
-            raise ValueError(f"num_{name} must be >= 0, got {value}")
-    if image_size < MIN_IMAGE_SIZE:
-        raise ValueError(f"image_size must be >= {MIN_IMAGE_SIZE}, got {image_size}")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
+    check_build_args(counts, image_size, seed, MIN_IMAGE_SIZE)
     files = find_fashion_mnist(idx_dir)
     paths = {split: root / f"{split}.csv" for split in SPLITS} | {"sources": root / SOURCES_NAME}
     manifest = {

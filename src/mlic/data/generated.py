@@ -16,6 +16,17 @@ from pathlib import Path
 MANIFEST_NAME = "manifest.json"
 
 
+def check_build_args(counts: dict[str, int], image_size: int, seed: int, min_image_size: int) -> None:
+    """Reject impossible generation parameters before anything is written."""
+    for name, value in counts.items():
+        if value < 0:
+            raise ValueError(f"num_{name} must be >= 0, got {value}")
+    if image_size < min_image_size:
+        raise ValueError(f"image_size must be >= {min_image_size}, got {image_size}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+
+
 def is_complete(root: Path, manifest: dict, needed: Iterable[Path]) -> bool:
     """True if ``root`` holds a finished dataset written with exactly these parameters and files."""
     try:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mlic.data.generated import begin_build, finish_build, is_complete, write_tag_csv
+from mlic.data.generated import begin_build, check_build_args, finish_build, is_complete, write_tag_csv
 
 # Six shapes that stay distinct at ~12 px: filled round, hollow round, 4, 3, 5 and 12 corners.
 CLASSES: tuple[str, ...] = ("circle", "ring", "square", "triangle", "star", "cross")
@@ -261,13 +261,7 @@ def make_shapes_dataset(
     """
     root = Path(root)
     counts = {"train": num_train, "val": num_val, "test": num_test}
-    for name, value in counts.items():
-        if value < 0:
-            raise ValueError(f"num_{name} must be >= 0, got {value}")
-    if image_size < MIN_IMAGE_SIZE:
-        raise ValueError(f"image_size must be >= {MIN_IMAGE_SIZE}, got {image_size}")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
+    check_build_args(counts, image_size, seed, MIN_IMAGE_SIZE)
     paths = {split: root / f"{split}.csv" for split in SPLITS} | {"boxes": root / "boxes.jsonl"}
     manifest = _manifest(counts, image_size, seed)
     if _is_complete(root, manifest):
