@@ -6,6 +6,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import islice
 
 import numpy as np
 import torch
@@ -85,8 +86,9 @@ def train_one_epoch(
     total_loss, seen, bad, skipped, bad_in_row, stopped = 0.0, 0, [], 0, 0, False
     step = span.first
     start = time.perf_counter()
+    # islice: stop fetching at the span's end, so no batch is decoded only to be thrown away
     bar = tqdm(
-        loader,
+        islice(loader, span.end - span.first),
         desc=f"epoch {epoch}",
         unit="batch",
         leave=False,
@@ -96,8 +98,6 @@ def train_one_epoch(
         total=span.total,
     )
     for batch in bar:
-        if step >= span.end:
-            break
         step += 1  # steps are counted 1-based from here: ``step`` batches of the epoch are done
         bad += batch.errors
         if len(batch) == 0:  # every image in this batch was unreadable
