@@ -47,12 +47,13 @@ ImageSource = str | Path | bytes | bytearray | memoryview | BinaryIO
 class ImageDecodeError(Exception):
     """An image source that did not yield pixels; `path` is None for in-memory bytes."""
 
-    def __init__(self, reason: str, path: str | Path | None = None) -> None:
-        # args = (reason, path) keeps the error picklable (DataLoader workers send it across processes),
+    def __init__(self, reason: str, path: str | Path | None = None, kind: str = "corrupt") -> None:
+        # args = (reason, path, kind) keeps the error picklable (DataLoader workers send it across processes),
         # and a single-argument call still works, as torch's ExceptionWrapper re-raises with one message.
-        super().__init__(reason, path)
+        super().__init__(reason, path, kind)
         self.reason = reason
         self.path = None if path is None else str(path)
+        self.kind = kind  # "too_large" (pixel limit, bombs), "not_image", or "corrupt": for callers to branch on
 
     def __str__(self) -> str:
         return f"{self.path}: {self.reason}" if self.path else self.reason
@@ -102,6 +103,7 @@ def decode_image(
                 f"image declares {width}x{height} = {width * height:,} pixels, above the limit of "
                 f"{max_pixels:,} (max_pixels)",
                 path,
+                kind="too_large",
             )
         try:
             if draft_size is not None and im.format in ("JPEG", "MPO"):
@@ -132,9 +134,9 @@ def _open(source: ImageSource, path: str | None) -> Iterator[Image.Image]:
     try:
         image = Image.open(source, formats=_ALLOWED_FORMATS)
     except UnidentifiedImageError as exc:
-        raise ImageDecodeError("not a recognised image", path) from exc
+        raise ImageDecodeError("not a recognised image", path, kind="not_image") from exc
     except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(f"refused as a decompression bomb: {exc}", path) from exc
+        raise ImageDecodeError(f"refused as a decompression bomb: {exc}", path, kind="too_large") from exc
     except OSError as exc:  # missing file, permission denied, or a header Pillow could not parse
         raise ImageDecodeError(f"cannot read image: {_describe(exc)}", path) from exc
     except Exception as exc:  # malformed headers raise SyntaxError, ValueError, struct.error, ...

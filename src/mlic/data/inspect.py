@@ -226,9 +226,7 @@ def _check_file(path: Path, max_pixels: int, check_images: bool) -> tuple[str | 
 
 
 def _decode_kind(err: ImageDecodeError) -> str:
-    from PIL import Image
-
-    if isinstance(err.__cause__, Image.DecompressionBombError):  # Pillow refuses > 2x its limit at open time
+    if err.kind == "too_large":  # e.g. Pillow refusing > 2x its own limit at open time
         return "huge_image"
     return "truncated_image" if "truncated" in err.reason.lower() else "unreadable_image"
 
