@@ -164,3 +164,31 @@ def test_every_precision_mode_runs_on_cpu(name):
     )
     assert stats.images == 4 and torch.isfinite(torch.tensor(stats.loss))
     assert precision.name in ("fp32", "bf16", "fp16")
+
+
+def test_time_budget_refits_the_schedule_to_the_epochs_that_fit():
+    from types import SimpleNamespace
+
+    from mlic.config import TrainConfig
+    from mlic.engine.optim import build_scheduler
+    from mlic.engine.trainer import BUDGET_TOLERANCE, fit_to_budget
+
+    cfg = TrainConfig()
+    cfg.optim.schedule, cfg.optim.epochs, cfg.max_minutes = "onecycle", 30, 5.0
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([param], lr=3e-3)
+    t = SimpleNamespace(optimizer=optimizer, scheduler=build_scheduler(optimizer, "onecycle", total_steps=300))
+    for _ in range(25):  # the probe's steps, taken under the 30-epoch schedule
+        optimizer.step()
+        t.scheduler.step()
+    # 100 s per epoch in a 5-minute budget: 3 epochs, 3.3 with the overrun tolerance, so still 3
+    assert BUDGET_TOLERANCE * 300 // 100 == 3
+    assert fit_to_budget(t, cfg, steps_per_epoch=10, epochs=30, epoch_seconds=100.0, steps_done=25) == 3
+    lrs = []
+    for _ in range(30 - 25):  # the rest of the 3 planned epochs
+        optimizer.step()
+        t.scheduler.step()
+        lrs.append(optimizer.param_groups[0]["lr"])
+    assert lrs[-1] < 3e-3 * 1e-3  # annealed to ~0 exactly when the planned epochs end
+    # a budget that holds all configured epochs leaves them alone
+    assert fit_to_budget(t, cfg, steps_per_epoch=10, epochs=2, epoch_seconds=100.0, steps_done=0) == 2

@@ -49,6 +49,8 @@ from mlic.engine.run_folder import (
 from mlic.engine.runtime import configure_allocator, seed_everything, select_device
 from mlic.engine.trainer import (
     BUDGET_PROBE_STEPS,
+    BUDGET_TOLERANCE,
+    BUDGET_WARMUP_STEPS,
     Trainer,
     build_trainer,
     fit_to_budget,
@@ -106,6 +108,7 @@ class Progress:
     loss_sum: float = 0.0  # partial-epoch loss and image count, so a resumed epoch logs the same mean
     images: int = 0
     seconds: float = 0.0
+    probed: bool = False  # the budget probe has sized the run (a resumed run does not probe again)
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] = field(default_factory=lambda: {"score": None, "epoch": 0, "weights": "raw"})
 
@@ -165,9 +168,13 @@ def _train(
         data.train_sampler.set_position(epoch, p.step * cfg.optim.batch_size)
         total = 1 if cfg.dry_run else steps_per_epoch
         end = total if not cfg.checkpoint_every else min(total, p.step + cfg.checkpoint_every)
-        probing = cfg.max_minutes > 0 and p.epoch == 0 and p.step == 0 and total > 2 * BUDGET_PROBE_STEPS
-        if probing:  # time a few steps first, to fit the epochs and the schedule to the budget
-            end = BUDGET_PROBE_STEPS
+        # A budgeted run times a few steps first, to fit the epochs and the schedule to the budget. The first
+        # BUDGET_WARMUP_STEPS are not timed: allocator growth and kernel selection make them slow, and counting
+        # them made the plan an epoch short.
+        probing = cfg.max_minutes > 0 and p.epoch == 0 and p.step in (0, BUDGET_WARMUP_STEPS) and not p.probed
+        probing &= total > 2 * (BUDGET_WARMUP_STEPS + BUDGET_PROBE_STEPS)
+        if probing:
+            end = BUDGET_WARMUP_STEPS if p.step == 0 else BUDGET_WARMUP_STEPS + BUDGET_PROBE_STEPS
         stats = train_one_epoch(
             t.model, data.train_loader, t.loss_fn, t.optimizer, device, epoch=epoch, opts=t.opts,
             scheduler=t.scheduler, ema=t.ema, mixer=t.mixer, span=Span(p.step, end, total),
@@ -177,7 +184,10 @@ def _train(
         p.step, p.loss_sum, p.images = stats.next_step, p.loss_sum + stats.loss_sum, p.images + stats.images
         p.seconds += stats.seconds
         if probing:
-            p.epochs = fit_to_budget(t, cfg, total, p.epochs, _epoch_estimate(stats, total, data), stats.next_step)
+            if p.step > BUDGET_WARMUP_STEPS:
+                estimate = _epoch_estimate(stats, total, data, ema=t.ema is not None)
+                p.epochs = fit_to_budget(t, cfg, total, p.epochs, estimate, stats.next_step)
+                p.probed = True
             continue
         if stats.next_step < total:  # a step checkpoint, or a signal: save the resume point
             _save_last(cfg, run_dir, data, t, p, info, val=None)
@@ -190,7 +200,7 @@ def _train(
         if (
             cfg.max_minutes > 0
             and p.epoch < p.epochs
-            and (time.perf_counter() - train_start) * (epoch + 1) / epoch > (cfg.max_minutes * 60 * 1.1)
+            and (time.perf_counter() - train_start) * (epoch + 1) / epoch > (cfg.max_minutes * 60 * BUDGET_TOLERANCE)
         ):
             log(f"time budget {cfg.max_minutes:g} min: stopping after epoch {epoch}, another would overrun it")
             break
@@ -201,12 +211,12 @@ def _train(
             break
 
 
-def _epoch_estimate(stats, total_steps: int, data: RunData) -> float:
-    """Seconds per epoch from the probe steps: training, plus validation at about a third of a training
-    step's cost per batch (forward only)."""
-    per_step = stats.seconds / max(stats.next_step, 1)
+def _epoch_estimate(stats, total_steps: int, data: RunData, *, ema: bool) -> float:
+    """Seconds per epoch from the timed probe steps: training, plus validation at about a third of a training
+    step's cost per batch (forward only), twice with an EMA copy (both are validated)."""
+    per_step = stats.seconds / max(stats.next_step - BUDGET_WARMUP_STEPS, 1)
     val_steps = len(data.val_loader) if data.val_loader is not None else 0
-    return per_step * (total_steps + val_steps / 3)
+    return per_step * (total_steps + val_steps / 3 * (2 if ema else 1))
 
 
 def _end_epoch(cfg, info, device, run_dir, data: RunData, t: Trainer, p: Progress, epoch: int) -> dict[str, Any]:

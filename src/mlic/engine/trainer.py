@@ -160,7 +160,11 @@ def _as_tuple(value: Any) -> Any:
     return tuple(_as_tuple(v) for v in value) if isinstance(value, list | tuple) else value
 
 
+BUDGET_WARMUP_STEPS = 5  # steps run, untimed, before the probe
 BUDGET_PROBE_STEPS = 20  # steps timed at the start of a budgeted run to size it
+# A run may end up to 10% past its budget rather than stop an epoch early: the planner and the stop rule
+# in fit share this, so a recipe with a fixed schedule and one fitted to the budget get the same time.
+BUDGET_TOLERANCE = 1.1
 
 
 def fit_to_budget(
@@ -171,7 +175,7 @@ def fit_to_budget(
     Called after the first few steps, so a one-cycle or cosine schedule spans the whole budget instead
     of the configured epochs (which a budgeted run would never reach).
     """
-    fitting = max(1, int(cfg.max_minutes * 60 // max(epoch_seconds, 1e-6)))
+    fitting = max(1, int(cfg.max_minutes * 60 * BUDGET_TOLERANCE // max(epoch_seconds, 1e-6)))
     if fitting >= epochs:
         return epochs
     o = cfg.optim
