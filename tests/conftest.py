@@ -13,6 +13,14 @@ import torch
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir(tmp_path_factory) -> Path:
+    """Decoded-image caches of the whole session go to a temp folder, never to ~/.cache (subprocesses too)."""
+    root = tmp_path_factory.mktemp("mlic-cache")
+    os.environ["MLIC_CACHE_DIR"] = str(root)
+    return root
+
+
 @pytest.fixture(scope="session")
 def tiny_shapes(tmp_path_factory) -> dict[str, Path]:
     """A small demo-style dataset (PNG files + train/val/test CSVs), built once per test session."""

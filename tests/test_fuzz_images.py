@@ -27,7 +27,7 @@ from mlic.data.images import decode_image
 from mlic.data.labels import build_vocabulary
 from mlic.data.loader import build_loader, load_records
 from mlic.data.scan import scan_images
-from mlic.data.transforms import Preprocessing, build_eval_transform
+from mlic.data.transforms import Preprocessing, batch_inputs, build_eval_pipeline
 
 # Far below the default so that a flipped size byte cannot make a worker allocate gigabytes; the
 # "huge" mutants declare sizes both between this and Pillow's limit and far above it.
@@ -205,7 +205,7 @@ def run_pipeline(fuzz: FuzzSet) -> PipelineResult:
     dataset = MultiLabelDataset(
         records,
         build_vocabulary(records),
-        build_eval_transform(Preprocessing(image_size=IMAGE_SIZE)),
+        build_eval_pipeline(Preprocessing(image_size=IMAGE_SIZE)),
         max_pixels=MAX_PIXELS,
     )
     loader = build_loader(dataset, batch_size=32, shuffle=False, num_workers=2)
@@ -214,7 +214,9 @@ def run_pipeline(fuzz: FuzzSet) -> PipelineResult:
         for batch in loader:
             if len(batch):
                 assert batch.images.shape[1:] == (3, IMAGE_SIZE, IMAGE_SIZE)
-                finite = torch.isfinite(batch.images).flatten(1).all(dim=1)
+                assert batch.images.dtype == torch.uint8  # staged pixels; floats are made per batch
+                x = batch_inputs(batch.images, batch.flips, Preprocessing(image_size=IMAGE_SIZE), torch.device("cpu"))
+                finite = torch.isfinite(x).flatten(1).all(dim=1)
                 assert bool(finite.all()), f"non-finite pixels in {batch.indices[~finite].tolist()}"
             good += [str(records[i].path) for i in batch.indices.tolist()]
             errors += batch.errors

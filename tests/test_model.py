@@ -56,3 +56,24 @@ def test_backward_has_finite_grads():
 def test_unknown_model_name_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown model 'resnet9000'"):
         build_model("resnet9000", num_classes=2)
+
+
+def test_folding_batchnorm_keeps_outputs_and_removes_every_norm(tiny_checkpoint):
+    from mlic.inference import Predictor
+    from mlic.models.fold import count_batchnorm, fold_batchnorm
+
+    torch.manual_seed(0)
+    model = build_model("seed_cnn", 5, widths=[8, 16, 16, 32], hidden=16)
+    for m in model.modules():  # trained-looking statistics, so folding has something to get wrong
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2), m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    model.eval()
+    x = torch.randn(4, 3, 40, 40)
+    folded = fold_batchnorm(model)
+    assert count_batchnorm(model) == 4 and count_batchnorm(folded) == 0
+    with torch.no_grad():
+        assert torch.allclose(folded(x), model(x), atol=1e-5, rtol=1e-4)
+        assert not torch.allclose(folded.features[0][0].weight, model.features[0][0].weight)
+    assert count_batchnorm(model) == 4  # the original is untouched
+    assert count_batchnorm(Predictor.from_checkpoint(tiny_checkpoint, device="cpu").model) == 0

@@ -9,7 +9,7 @@ from mlic.data.dataset import MultiLabelDataset
 from mlic.data.labels import build_vocabulary
 from mlic.data.loader import build_loader
 from mlic.data.records import Record
-from mlic.data.transforms import Preprocessing, build_eval_transform
+from mlic.data.transforms import Preprocessing, batch_inputs, build_eval_pipeline
 from mlic.engine.loop import Span, train_one_epoch
 from mlic.losses import build_loss
 from mlic.models import build_model
@@ -35,7 +35,7 @@ def _records(tiny_shapes, unknown_as):
 def _train(records, class_names, steps=3):
     torch.manual_seed(0)
     model = build_model("seed_cnn", len(class_names), widths=[8, 8, 16, 16], hidden=16, drop_rate=0.0)
-    ds = MultiLabelDataset(records, class_names, build_eval_transform(Preprocessing(image_size=32)))
+    ds = MultiLabelDataset(records, class_names, build_eval_pipeline(Preprocessing(image_size=32)))
     loader = build_loader(ds, batch_size=16, shuffle=False, num_workers=0)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     stats = train_one_epoch(
@@ -67,12 +67,12 @@ def test_unknown_entries_do_not_change_training(tiny_shapes):
 def test_masked_loss_equals_loss_on_known_entries_only(tiny_shapes):
     records = _records(tiny_shapes, "positive")
     names = build_vocabulary(records)
-    ds = MultiLabelDataset(records, names, build_eval_transform(Preprocessing(image_size=32)))
+    ds = MultiLabelDataset(records, names, build_eval_pipeline(Preprocessing(image_size=32)))
     batch = next(iter(build_loader(ds, batch_size=24, shuffle=False, num_workers=0)))
     torch.manual_seed(0)
     model = build_model("seed_cnn", len(names), widths=[8, 8, 16, 16], hidden=16).eval()
     with torch.no_grad():
-        logits = model(batch.images)
+        logits = model(batch_inputs(batch.images, None, Preprocessing(), torch.device("cpu")))
     known = batch.masks.bool()
     assert not known.all()
     expected = F.binary_cross_entropy_with_logits(logits[known], batch.targets[known])

@@ -256,6 +256,7 @@ class _SlowPredictor:
     def __init__(self, real: Predictor) -> None:
         self.class_names, self.thresholds = real.class_names, real.thresholds
         self.threshold_source, self.transform, self.real = real.threshold_source, real.transform, real
+        self.preprocessing = real.preprocessing
         self.entered, self.release = threading.Event(), threading.Event()
 
     def predict_probabilities(self, images):

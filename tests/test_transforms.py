@@ -9,7 +9,15 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from mlic.data.mixing import Mixer, mix_batch
-from mlic.data.transforms import AUGMENTATIONS, Preprocessing, build_eval_transform, build_train_transform
+from mlic.data.transforms import (
+    AUGMENTATIONS,
+    CROP_STAGE_FACTOR,
+    Preprocessing,
+    batch_inputs,
+    build_eval_pipeline,
+    build_eval_transform,
+    build_train_pipeline,
+)
 
 SIZE = 24
 
@@ -26,9 +34,15 @@ def _asymmetric_image() -> Image.Image:
     return img
 
 
-def _run(transform, img, seed: int) -> torch.Tensor:
+def _sample(pipeline, img, seed: int) -> torch.Tensor:
+    """One training sample as the dataset and the loop make it: stage, uint8 augment, flip, batched floats."""
     torch.manual_seed(seed)
-    return transform(img)
+    x = pipeline.stage(img)
+    if pipeline.augment is not None:
+        x = pipeline.augment(x)
+    assert x.dtype == torch.uint8 and x.shape == (3, SIZE, SIZE)
+    flip = torch.tensor([pipeline.flip and bool(torch.rand(()) < 0.5)])
+    return batch_inputs(x[None], flip, pipeline.pre, torch.device("cpu"))[0]
 
 
 # ---- presets ---------------------------------------------------------------------------------
@@ -36,9 +50,9 @@ def _run(transform, img, seed: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("augment", AUGMENTATIONS)
 def test_every_preset_gives_normalised_square_float(augment):
-    t = build_train_transform(Preprocessing(image_size=SIZE), augment)
+    pipeline = build_train_pipeline(Preprocessing(image_size=SIZE), augment)
     for seed in range(3):
-        out = _run(t, _asymmetric_image(), seed)
+        out = _sample(pipeline, _asymmetric_image(), seed)
         assert out.shape == (3, SIZE, SIZE) and out.dtype == torch.float32
         assert torch.isfinite(out).all()
         assert out.min() < 0  # normalised, not in [0, 1]
@@ -47,12 +61,12 @@ def test_every_preset_gives_normalised_square_float(augment):
 def test_presets_listed_and_unknown_rejected():
     assert AUGMENTATIONS == ("none", "light", "standard", "strong")
     with pytest.raises(ValueError, match="heavy"):
-        build_train_transform(Preprocessing(image_size=SIZE), "heavy")
+        build_train_pipeline(Preprocessing(image_size=SIZE), "heavy")
     with pytest.raises(ValueError, match="resize"):
-        build_train_transform(Preprocessing(image_size=SIZE, resize="pad"), "standard")
+        build_train_pipeline(Preprocessing(image_size=SIZE, resize="pad"), "standard")
 
 
-def test_eval_transform_is_resize_todtype_normalize():
+def test_eval_transform_is_resize_todtype_normalize_and_batches_equal_it():
     pre = Preprocessing(image_size=SIZE)
     by_hand = v2.Compose(
         [
@@ -64,8 +78,14 @@ def test_eval_transform_is_resize_todtype_normalize():
     )
     img = _asymmetric_image()
     assert torch.equal(build_eval_transform(pre)(img), by_hand(img))
+    # staged uint8 + batched float work (what training and evaluate do) is the eval transform, bit for bit,
+    # in either memory layout
+    for channels_last in (False, True):
+        staged = build_eval_pipeline(pre).stage(img)[None]
+        assert torch.equal(batch_inputs(staged, None, pre, torch.device("cpu"), channels_last=channels_last)[0],
+                           by_hand(img))  # fmt: skip
     # ``none`` is the eval transform, whatever the seed
-    assert torch.equal(_run(build_train_transform(pre, "none"), img, 3), by_hand(img))
+    assert torch.equal(_sample(build_train_pipeline(pre, "none"), img, 3), by_hand(img))
 
 
 def test_light_flips_both_ways():
@@ -73,30 +93,31 @@ def test_light_flips_both_ways():
     img = _asymmetric_image()
     plain = build_eval_transform(pre)(img)
     assert not torch.equal(plain, plain.flip(-1))  # the image really is asymmetric
-    outs = [_run(build_train_transform(pre, "light"), img, s) for s in range(12)]
+    outs = [_sample(build_train_pipeline(pre, "light"), img, s) for s in range(12)]
     assert all(torch.equal(o, plain) or torch.equal(o, plain.flip(-1)) for o in outs)
     assert any(torch.equal(o, plain) for o in outs) and any(torch.equal(o, plain.flip(-1)) for o in outs)
 
 
-def test_standard_is_not_identity_and_crops_moderately():
+def test_standard_is_not_identity_and_crops_moderately_from_a_larger_stage():
     pre = Preprocessing(image_size=SIZE)
     img = _asymmetric_image()
     plain = build_eval_transform(pre)(img)
-    t = build_train_transform(pre, "standard")
-    outs = [_run(t, img, s) for s in range(4)]
+    pipeline = build_train_pipeline(pre, "standard")
+    assert pipeline.stage_size == round(SIZE * CROP_STAGE_FACTOR) > SIZE
+    outs = [_sample(pipeline, img, s) for s in range(4)]
     assert any(not torch.allclose(o, plain, atol=1e-3) for o in outs)
     assert not torch.equal(outs[0], outs[1])  # different seeds, different augmentations
-    assert torch.equal(_run(t, img, 7), _run(t, img, 7))  # and the same seed, the same one
-    crop = next(s for s in t.transforms if isinstance(s, v2.RandomResizedCrop))
+    assert torch.equal(_sample(pipeline, img, 7), _sample(pipeline, img, 7))  # and the same seed, the same one
+    crop = next(s for s in pipeline.augment.transforms if isinstance(s, v2.RandomResizedCrop))
     assert tuple(crop.scale) == (0.5, 1.0)
 
 
-def test_strong_order_uint8_ops_before_float_and_erasing_last():
-    steps = build_train_transform(Preprocessing(image_size=SIZE), "strong").transforms
+def test_strong_adds_trivialaugment_then_mean_colour_erasing():
+    pre = Preprocessing(image_size=SIZE)
+    steps = build_train_pipeline(pre, "strong").augment.transforms
     kinds = [type(s) for s in steps]
-    assert kinds[0] is v2.ToImage and kinds[1] is v2.RandomResizedCrop
-    assert kinds.index(v2.TrivialAugmentWide) < kinds.index(v2.ToDtype) < kinds.index(v2.Normalize)
-    assert kinds[-1] is v2.RandomErasing and steps[-1].p == 0.25
+    assert kinds == [v2.RandomResizedCrop, v2.ColorJitter, v2.TrivialAugmentWide, v2.RandomErasing]
+    assert steps[-1].p == 0.25 and list(steps[-1].value) == [round(255 * m) for m in pre.mean]
 
 
 # ---- MixUp / CutMix --------------------------------------------------------------------------

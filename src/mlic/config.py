@@ -33,6 +33,8 @@ class DataConfig:
     augment: str = "light"  # the seed's: horizontal flip only
     num_workers: int = -1  # -1: chosen from the CPU count
     skip_bad_images: bool = False  # bad files found by the header scan: stop (default) or leave them out
+    cache: str = "auto"  # decoded-image cache: auto (used unless the disk lacks room) | off
+    cache_dir: str | None = None  # default: $MLIC_CACHE_DIR, else ~/.cache/mlic
 
 
 @dataclass
@@ -115,6 +117,7 @@ class TrainConfig:
             (0.0 < self.thresholds.fixed <= 1.0, "thresholds.fixed must be in (0, 1]"),
             (0.0 <= self.data.val_fraction < 1.0, "data.val_fraction must be in [0, 1)"),
             (self.data.image_size >= 16, "data.image_size must be >= 16"),
+            (self.data.cache in ("auto", "off"), "data.cache must be auto|off"),
             (0.0 <= self.model.drop_rate < 1.0, "model.drop_rate must be in [0, 1)"),
             (
                 self.device in ("auto", "cpu", "mps") or self.device.startswith("cuda"),
@@ -240,6 +243,8 @@ FLAT_KEYS = {
             "image_size",
             "augment",
             "num_workers",
+            "cache",
+            "cache_dir",
         )
     },
     "model": "model.name",

@@ -12,7 +12,7 @@ from mlic.checkpoint import load_checkpoint
 from mlic.data.dataset import MultiLabelDataset
 from mlic.data.loader import build_loader, load_records
 from mlic.data.records import Record
-from mlic.data.transforms import Preprocessing, build_eval_transform
+from mlic.data.transforms import Preprocessing, build_eval_pipeline
 from mlic.engine.loop import evaluate
 from mlic.engine.runtime import select_device
 from mlic.inference import resolve_thresholds
@@ -49,11 +49,10 @@ def evaluate_checkpoint(
     class_names = list(meta["class_names"])
     known = set(class_names)
     unseen = sorted({name for r in records for name in r.positives} - known)
-    dataset = MultiLabelDataset(
-        records, class_names, build_eval_transform(Preprocessing.from_dict(meta["preprocessing"]))
-    )
+    pre = Preprocessing.from_dict(meta["preprocessing"])
+    dataset = MultiLabelDataset(records, class_names, build_eval_pipeline(pre))
     loader = build_loader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    preds = evaluate(model, loader, dev, progress=progress, desc="evaluate")
+    preds = evaluate(model, loader, dev, progress=progress, desc="evaluate", pre=pre)
 
     method = (meta.get("threshold_info") or {}).get("method")
     thresholds, source = resolve_thresholds(meta.get("thresholds"), len(class_names), threshold, method)

@@ -149,7 +149,7 @@ def explain_image(
     unknown = [name for name in labels or () if name not in names]
     if unknown:
         raise ValueError(f"unknown label(s) {', '.join(unknown)}; the model knows: {', '.join(names)}")
-    pil = decode_image(image)
+    pil = decode_image(image, draft_size=predictor.preprocessing.draft_size)
     x = predictor.transform(pil).unsqueeze(0)
     probs = predictor.predict_probabilities(x)[0]
     if labels:

@@ -131,15 +131,15 @@ def collect_predictions(
     from mlic.checkpoint import load_checkpoint
     from mlic.data.dataset import MultiLabelDataset
     from mlic.data.loader import build_loader
-    from mlic.data.transforms import Preprocessing, build_eval_transform
+    from mlic.data.transforms import Preprocessing, build_eval_pipeline
     from mlic.engine.loop import evaluate
     from mlic.engine.runtime import select_device
 
     dev = device if isinstance(device, torch.device) else select_device(device)
     model, meta = load_checkpoint(checkpoint, device=dev)
     class_names = list(meta["class_names"])
-    transform = build_eval_transform(Preprocessing.from_dict(meta["preprocessing"]))
-    dataset = MultiLabelDataset(records, class_names, transform)
+    pre = Preprocessing.from_dict(meta["preprocessing"])
+    dataset = MultiLabelDataset(records, class_names, build_eval_pipeline(pre))
     loader = build_loader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    preds = evaluate(model, loader, dev, progress=progress, desc="predict")
+    preds = evaluate(model, loader, dev, progress=progress, desc="predict", pre=pre)
     return predictions_from_eval(preds, dataset.records, class_names, meta.get("thresholds"))

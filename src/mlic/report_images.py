@@ -36,7 +36,7 @@ class Thumbnails:
             from mlic.data.images import ImageDecodeError, decode_image
 
             try:
-                image = decode_image(path)
+                image = decode_image(path, draft_size=(self.size, self.size))  # a thumbnail needs no more
             except (ImageDecodeError, OSError):
                 self._cache[path] = None
             else:
@@ -111,7 +111,8 @@ def gradcam_html(checkpoint: Path, pred: dict[str, Any], predicted: np.ndarray, 
     except (CheckpointError, ImportError, ValueError) as exc:
         reason = html.escape(str(exc))
         return f'<p class="missing">Grad-CAM needs the best checkpoint, which cannot be loaded: {reason}</p>'
-    transform = build_eval_transform(Preprocessing.from_dict(meta["preprocessing"]))
+    pre = Preprocessing.from_dict(meta["preprocessing"])
+    transform = build_eval_transform(pre)
     names, probs, paths = pred["class_names"], pred["probs"], pred["paths"]
     rows = []
     candidates = np.unique(np.linspace(0, len(paths) - 1, min(len(paths), 4 * GRADCAM_IMAGES)).round().astype(int))
@@ -119,7 +120,7 @@ def gradcam_html(checkpoint: Path, pred: dict[str, Any], predicted: np.ndarray, 
         if len(rows) == GRADCAM_IMAGES:
             break
         try:
-            image = decode_image(paths[i])
+            image = decode_image(paths[i], draft_size=pre.draft_size)
         except (ImageDecodeError, OSError):
             continue
         chosen = [int(c) for c in np.flatnonzero(predicted[i])] or [int(np.argmax(probs[i]))]

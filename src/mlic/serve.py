@@ -239,7 +239,9 @@ class _Service:
         from mlic.data.images import decode_image
 
         with self._decoding:
-            return self.predictor.transform(decode_image(data, max_pixels=self.max_pixels))
+            return self.predictor.transform(
+                decode_image(data, max_pixels=self.max_pixels, draft_size=self.predictor.preprocessing.draft_size)
+            )
 
     async def _predict_one(self, name: str, data: bytes) -> tuple[int, dict[str, Any]]:
         from starlette.concurrency import run_in_threadpool

@@ -11,6 +11,7 @@ HELP = """examples:
   mlic data convert coco/instances.json --to jsonl data/all.jsonl
   mlic data split data/all.csv --val 0.1 --test 0.1 --output-dir data/
   mlic data fashion-collage /usr/share/datasets/fashion-mnist data/fashion   # benchmark collages
+  mlic data cache data/train.csv --val data/val.csv --image-size 224     # decode images once, ahead
 
 Run `mlic data ACTION --help` for each action's flags.
 """
@@ -78,9 +79,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     split.add_argument("--overwrite", action="store_true", help="replace existing split files")
     split.set_defaults(run=run_split)
 
-    from mlic.cli import data_fashion
+    from mlic.cli import data_cache, data_fashion
 
     data_fashion.add_parser(actions)
+    data_cache.add_parser(actions)
 
 
 def _add_action(actions: argparse._SubParsersAction, name: str, help: str, epilog: str) -> argparse.ArgumentParser:

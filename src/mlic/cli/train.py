@@ -56,6 +56,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="leave out files the pre-training scan finds unreadable, instead of stopping",
     )
     g.add_argument("--workers", dest="num_workers", type=int, help="DataLoader workers (default: by CPU count)")
+    g.add_argument(
+        "--cache",
+        choices=("auto", "off"),
+        help="decoded-image cache: decode and resize each image once, then read it memory-mapped (default auto: "
+        "on unless the disk lacks room)",
+    )
+    g.add_argument("--cache-dir", help="where the cache lives (default: $MLIC_CACHE_DIR, else ~/.cache/mlic)")
     g = p.add_argument_group("model and optimisation")
     g.add_argument("--model", help="model name (default seed_cnn)")
     g.add_argument("--drop-rate", type=float, help="dropout before the classifier (default 0.5)")

@@ -1,4 +1,7 @@
-"""Reader records + one decoder + one transform -> (image, target, mask) samples.
+"""Reader records + one decoder + one pipeline -> (uint8 image, flip, target, mask) samples.
+
+The float work (normalisation, and the flip that the sample only decides) is left to ``batch_inputs``,
+per batch on the training device; with a decoded-image cache a sample is a row copy, not a decode.
 
 An unreadable image never stops a run: the sample comes back marked bad with its path and
 reason, ``collate`` drops it from the batch, and the loop reports it.
@@ -6,7 +9,7 @@ reason, ``collate`` drops it from the batch, and the loop reports it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,18 +17,21 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from mlic.data.cache import DecodedCache
 from mlic.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 from mlic.data.labels import encode
 from mlic.data.records import DataError, Record
+from mlic.data.transforms import Pipeline
 
 
 @dataclass
 class Batch:
-    images: torch.Tensor  # (B, 3, S, S) float32
+    images: torch.Tensor  # (B, 3, S, S) uint8 as staged and augmented; ``batch_inputs`` makes model input of it
     targets: torch.Tensor  # (B, C) float32 multi-hot
     masks: torch.Tensor  # (B, C) float32: 1 = label known, 0 = unknown (ignored by loss and metrics)
     indices: torch.Tensor  # (B,) positions in the dataset, to line predictions up with records
     errors: list[tuple[str, str]]  # (path, reason) of samples dropped from this batch
+    flips: torch.Tensor | None = None  # (B,) bool: flip horizontally (decided per sample, done per batch)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -36,14 +42,19 @@ class MultiLabelDataset(Dataset):
         self,
         records: Sequence[Record],
         class_names: Sequence[str],
-        transform: Callable,
+        pipeline: Pipeline,
+        *,
+        cache: DecodedCache | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         seed: int = 0,
     ) -> None:
         self.seed = seed
         self.records = list(records)
         self.class_names = list(class_names)
-        self.transform = transform
+        self.pipeline = pipeline
+        self.cache = cache
+        # the cache may hold more images than this dataset (a held-out split shares its file's cache)
+        self.cache_rows = None if cache is None else np.array([cache.row(r.path) for r in self.records], np.int64)
         self.max_pixels = max_pixels
         index = {name: i for i, name in enumerate(self.class_names)}
         # Encoded once up front: (N, C) arrays are small and this keeps __getitem__ to decoding only.
@@ -61,13 +72,14 @@ class MultiLabelDataset(Dataset):
         epoch, i = key if isinstance(key, tuple) else (None, key)
         record = self.records[i]
         try:
-            pixels = decode_image(record.path, max_pixels=self.max_pixels)
-            if epoch is None:
-                image = self.transform(pixels)
-            else:
+            image = self._staged(i)
+            flip = False
+            if epoch is not None and (self.pipeline.augment is not None or self.pipeline.flip):
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(sample_seed(self.seed, epoch, i))
-                    image = self.transform(pixels)
+                    if self.pipeline.augment is not None:
+                        image = self.pipeline.augment(image)
+                    flip = self.pipeline.flip and bool(torch.rand(()) < 0.5)
         except ImageDecodeError as exc:
             return {"index": i, "error": (str(record.path), exc.reason)}
         except OSError as exc:  # e.g. a file that vanished after the existence check
@@ -75,9 +87,18 @@ class MultiLabelDataset(Dataset):
         return {
             "index": i,
             "image": image,
+            "flip": flip,
             "target": torch.from_numpy(self.targets[i]),
             "mask": torch.from_numpy(self.masks[i]),
         }
+
+    def _staged(self, i: int) -> torch.Tensor:
+        """uint8 (3, stage, stage): a cache row, or decoded and resized now."""
+        if self.cache_rows is not None:
+            return self.cache.image(int(self.cache_rows[i]))
+        pre = self.pipeline.pre
+        return self.pipeline.stage(decode_image(self.records[i].path, max_pixels=self.max_pixels,
+                                                draft_size=pre.draft_size))  # fmt: skip
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -89,13 +110,15 @@ def collate(samples: list[dict]) -> Batch:
     good = [s for s in samples if "error" not in s]
     errors = [s["error"] for s in samples if "error" in s]
     if not good:
-        return Batch(torch.empty(0), torch.empty(0), torch.empty(0), torch.empty(0, dtype=torch.long), errors)
+        empty = torch.empty(0)
+        return Batch(empty.to(torch.uint8), empty, empty, empty.to(torch.long), errors)
     return Batch(
         images=torch.stack([s["image"] for s in good]),
         targets=torch.stack([s["target"] for s in good]),
         masks=torch.stack([s["mask"] for s in good]),
         indices=torch.tensor([s["index"] for s in good], dtype=torch.long),
         errors=errors,
+        flips=torch.tensor([s["flip"] for s in good], dtype=torch.bool),
     )
 
 

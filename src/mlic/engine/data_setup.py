@@ -1,12 +1,14 @@
-"""A run's data: read the label files, split, scan images, build datasets and loaders."""
+"""A run's data: read the label files, split, scan images, cache decoded images, build datasets and loaders."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from torch.utils.data import DistributedSampler
 
 from mlic.config import TrainConfig
+from mlic.data.cache import CacheUnavailable, DecodedCache, ensure_cache
 from mlic.data.dataset import MultiLabelDataset
 from mlic.data.labels import build_vocabulary
 from mlic.data.loader import build_loader, load_records, unknown_labels
@@ -14,9 +16,9 @@ from mlic.data.records import DataError, Record
 from mlic.data.sampler import EpochSampler
 from mlic.data.scan import format_bad_images, scan_images
 from mlic.data.splits import holdout_split
-from mlic.data.transforms import Preprocessing, build_eval_transform, build_train_transform
+from mlic.data.transforms import Pipeline, Preprocessing, build_eval_pipeline, build_train_pipeline
 from mlic.engine.console import log
-from mlic.engine.distributed import DistInfo
+from mlic.engine.distributed import DistInfo, barrier
 
 
 @dataclass
@@ -31,32 +33,63 @@ class RunData:
     test_records: list[Record]
 
 
-def prepare_data(cfg: TrainConfig, info: DistInfo) -> RunData:
+def prepare_data(cfg: TrainConfig, info: DistInfo, *, pin_memory: bool = False) -> RunData:
     train_records, val_records, test_records, class_names = _load_data(cfg)
     pre = Preprocessing(image_size=cfg.data.image_size)
     bs, workers = cfg.optim.batch_size, cfg.data.num_workers
-    train_ds = MultiLabelDataset(
-        train_records, class_names, build_train_transform(pre, cfg.data.augment), seed=cfg.seed
-    )
+    train_pipeline, val_pipeline = build_train_pipeline(pre, cfg.data.augment), build_eval_pipeline(pre)
+    train_cache = _cache(cfg, info, train_records, train_pipeline, "train")
+    train_ds = MultiLabelDataset(train_records, class_names, train_pipeline, cache=train_cache, seed=cfg.seed)
     sampler = EpochSampler(train_ds, shuffle=True, seed=cfg.seed, rank=info.rank, world_size=info.world_size)
     train_loader = build_loader(
-        train_ds, batch_size=bs, shuffle=False, num_workers=workers, seed=cfg.seed, sampler=sampler
+        train_ds,
+        batch_size=bs,
+        shuffle=False,
+        num_workers=workers,
+        seed=cfg.seed,
+        sampler=sampler,
+        pin_memory=pin_memory,
     )
     val_loader = None
     if val_records:
-        val_ds = MultiLabelDataset(val_records, class_names, build_eval_transform(pre))
+        val_cache = _cache(cfg, info, val_records, val_pipeline, "validation")
+        val_ds = MultiLabelDataset(val_records, class_names, val_pipeline, cache=val_cache)
         # Sharded without shuffling; the sampler's padding duplicates are dropped when predictions are gathered.
         val_sampler = (
             DistributedSampler(val_ds, num_replicas=info.world_size, rank=info.rank, shuffle=False)
             if info.enabled
             else None
         )
-        val_loader = build_loader(val_ds, batch_size=bs, shuffle=False, num_workers=workers, sampler=val_sampler)
+        val_loader = build_loader(val_ds, batch_size=bs, shuffle=False, num_workers=workers, sampler=val_sampler,
+                                  pin_memory=pin_memory)  # fmt: skip
     log(
         f"data: {len(train_records)} train, {len(val_records)} val, {len(test_records)} test images; "
         f"{len(class_names)} classes"
     )
     return RunData(class_names, pre, train_ds, sampler, train_loader, val_loader, val_records, test_records)
+
+
+def _cache(cfg: TrainConfig, info: DistInfo, records: list[Record], pipeline: Pipeline, split: str):
+    """The decoded-image cache of ``records`` (rank 0 builds it, the others wait and open it), or None: with
+    ``--cache off``, or when it cannot be written (``auto`` then reads the image files every epoch)."""
+    if cfg.data.cache == "off" or not records:
+        return None
+    cache: DecodedCache | None = None
+    for building_rank in (True, False):  # rank 0 first, then everyone else
+        if building_rank == info.is_main:
+            start = time.perf_counter()
+            try:
+                cache, built = ensure_cache(records, pipeline, root=cfg.data.cache_dir, progress=cfg.progress,
+                                            desc=f"caching {split} images")  # fmt: skip
+            except CacheUnavailable as exc:
+                log(f"warning: no decoded-image cache for the {split} images: {exc}")
+                cache, built = None, False
+            if cache is not None and info.is_main:
+                n, _, size, _ = cache.shape
+                how = f"built in {time.perf_counter() - start:.0f}s" if built else "reused"
+                log(f"cache: {split} {n} images at {size}px, {how} ({cache.folder})")
+        barrier(info)
+    return cache
 
 
 def _load_data(cfg: TrainConfig):

@@ -135,7 +135,7 @@ def _fit(cfg: TrainConfig, info: DistInfo, device: torch.device, overwrite: bool
     seed_everything(cfg.seed)
     run_dir = _resolve_run_dir(cfg, overwrite, resume, info)
     log(f"run folder: {run_dir} (device {device})")
-    data = prepare_data(cfg, info)
+    data = prepare_data(cfg, info, pin_memory=device.type == "cuda")  # pinned: non-blocking copies
     steps_per_epoch = len(data.train_loader)
     t = build_trainer(cfg, len(data.class_names), data.train_ds, steps_per_epoch, device, info)
     progress = Progress(epochs=1 if cfg.dry_run else cfg.optim.epochs)
@@ -280,6 +280,7 @@ def _validate(net, data: RunData, t: Trainer, device, cfg: TrainConfig, info: Di
         desc="val",
         precision=t.opts.precision,
         channels_last=t.opts.channels_last,
+        pre=data.preprocessing,
     )
     if info.enabled:  # every rank evaluated its shard: gather, order by index, drop the padding duplicates
         losses = np.full(len(preds.indices), preds.loss, np.float64)

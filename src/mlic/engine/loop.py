@@ -14,6 +14,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mlic.data.dataset import Batch
+from mlic.data.transforms import Preprocessing, batch_inputs
 from mlic.engine.ema import ModelEma
 from mlic.engine.precision import Precision
 
@@ -60,6 +61,7 @@ class StepOptions:
     clip_grad: float = 0.0  # max global gradient norm; 0 = no clipping
     max_bad_steps: int = 5  # consecutive non-finite losses before giving up
     scaler: torch.amp.GradScaler | None = None  # fp16 on CUDA only
+    pre: Preprocessing = field(default_factory=Preprocessing)  # normalisation of the uint8 batches
 
 
 def train_one_epoch(
@@ -102,8 +104,8 @@ def train_one_epoch(
         bad += batch.errors
         if len(batch) == 0:  # every image in this batch was unreadable
             continue
-        memory_format = torch.channels_last if opts.channels_last else torch.contiguous_format
-        images = batch.images.to(device, non_blocking=True, memory_format=memory_format)
+        # uint8 -> flipped, normalised float on the device (one batched op each instead of per-image work)
+        images = batch_inputs(batch.images, batch.flips, opts.pre, device, channels_last=opts.channels_last)
         targets = batch.targets.to(device, non_blocking=True)
         masks = batch.masks.to(device, non_blocking=True)
         if mixer is not None:  # MixUp/CutMix: soft targets, masks combined
@@ -187,6 +189,7 @@ def evaluate(
     desc: str = "eval",
     precision: Precision | None = None,
     channels_last: bool = False,
+    pre: Preprocessing | None = None,
 ) -> Predictions:
     """Run the model over ``loader`` and collect probabilities with their targets and masks."""
     model.eval()
@@ -198,8 +201,7 @@ def evaluate(
         bad += batch.errors
         if len(batch) == 0:
             continue
-        memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        images = batch.images.to(device, non_blocking=True, memory_format=memory_format)
+        images = batch_inputs(batch.images, None, pre or Preprocessing(), device, channels_last=channels_last)
         with precision.autocast(device) if precision else contextlib.nullcontext():
             logits = model(images).float()
         if loss_fn is not None:

@@ -67,7 +67,7 @@ def build_trainer(
         clip=o.asl_clip,
     )
     scaler = torch.amp.GradScaler(device.type) if precision.use_scaler else None
-    opts = StepOptions(precision, channels_last, o.accum_steps, o.clip_grad, scaler=scaler)
+    opts = StepOptions(precision, channels_last, o.accum_steps, o.clip_grad, scaler=scaler, pre=train_ds.pipeline.pre)
     mixer = None
     if o.mixup_alpha > 0 or o.cutmix_alpha > 0:
         mixer = Mixer(
