@@ -192,3 +192,30 @@ def test_time_budget_refits_the_schedule_to_the_epochs_that_fit():
     assert lrs[-1] < 3e-3 * 1e-3  # annealed to ~0 exactly when the planned epochs end
     # a budget that holds all configured epochs leaves them alone
     assert fit_to_budget(t, cfg, steps_per_epoch=10, epochs=2, epoch_seconds=100.0, steps_done=0) == 2
+
+
+def test_slower_epochs_shorten_the_schedule_instead_of_cutting_it_off():
+    from types import SimpleNamespace
+
+    from mlic.config import TrainConfig
+    from mlic.engine.fit import Progress, _over_budget
+    from mlic.engine.optim import build_scheduler
+
+    cfg = TrainConfig()
+    cfg.optim.schedule, cfg.max_minutes = "onecycle", 5.0  # 330 s with the tolerance
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([param], lr=3e-3)
+    t = SimpleNamespace(optimizer=optimizer, scheduler=build_scheduler(optimizer, "onecycle", total_steps=50))
+    for _ in range(20):  # two epochs of 10 steps under a 5-epoch plan
+        optimizer.step()
+        t.scheduler.step()
+    p = Progress(epochs=5, epoch=2)
+    # epochs took 100 s, not the ~60 s planned: one more fits, and the schedule now ends with it
+    assert not _over_budget(cfg, t, p, elapsed=200.0, epochs_run=2, steps=10)
+    assert p.epochs == 3
+    for _ in range(10):
+        optimizer.step()
+        t.scheduler.step()
+    assert optimizer.param_groups[0]["lr"] < 3e-3 * 1e-3  # annealed at the new end
+    # no room for another epoch: stop
+    assert _over_budget(cfg, t, Progress(epochs=5, epoch=2), elapsed=280.0, epochs_run=2, steps=10)

@@ -17,6 +17,7 @@ from mlic.engine.loop import evaluate
 from mlic.engine.runtime import select_device
 from mlic.inference import resolve_thresholds
 from mlic.metrics import compute_metrics
+from mlic.models.fold import inference_form
 
 OVERALL_KEYS = [
     "mAP", "roc_auc_macro", "f1_micro", "f1_macro", "f1_samples", "precision_micro", "precision_macro",
@@ -41,6 +42,7 @@ def evaluate_checkpoint(
     """Metrics of ``checkpoint`` on ``data`` (a label file/folder, or records) as a JSON-ready dict."""
     dev = device if isinstance(device, torch.device) else select_device(device)
     model, meta = load_checkpoint(checkpoint, device=dev)
+    model, channels_last = inference_form(model, dev)
     records = (
         data
         if not isinstance(data, str | Path)
@@ -52,7 +54,7 @@ def evaluate_checkpoint(
     pre = Preprocessing.from_dict(meta["preprocessing"])
     dataset = MultiLabelDataset(records, class_names, build_eval_pipeline(pre))
     loader = build_loader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    preds = evaluate(model, loader, dev, progress=progress, desc="evaluate", pre=pre)
+    preds = evaluate(model, loader, dev, progress=progress, desc="evaluate", pre=pre, channels_last=channels_last)
 
     method = (meta.get("threshold_info") or {}).get("method")
     thresholds, source = resolve_thresholds(meta.get("thresholds"), len(class_names), threshold, method)

@@ -28,7 +28,7 @@ from mlic.checkpoint import load_checkpoint
 from mlic.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, is_image_file
 from mlic.data.transforms import Preprocessing, build_eval_transform
 from mlic.engine.runtime import select_device
-from mlic.models.fold import fold_batchnorm
+from mlic.models.fold import inference_form
 
 # Column names that mark the path column of a --list CSV (compared lower-case).
 LIST_PATH_COLUMNS = ("image", "path", "file", "filename")
@@ -235,11 +235,9 @@ class Predictor(BasePredictor):
     def __init__(
         self, model: torch.nn.Module, meta: dict[str, Any], device: torch.device, threshold: float | None = None
     ):
-        # Inference form: BatchNorm folded into the convolutions, channels-last layout (measured faster on
-        # CPU and CUDA in benchmarks/throughput.py); same outputs to float rounding.
-        self.channels_last = device.type in ("cpu", "cuda")
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        self.model, self.meta, self.device = fold_batchnorm(model).to(memory_format=fmt), meta, device
+        # BatchNorm folded into the convolutions, channels-last layout: same outputs to float rounding, faster
+        model, self.channels_last = inference_form(model, device)
+        self.model, self.meta, self.device = model, meta, device
         self.class_names = list(meta["class_names"])
         self.preprocessing = Preprocessing.from_dict(meta["preprocessing"])
         self.transform = build_eval_transform(self.preprocessing)

@@ -134,12 +134,14 @@ def collect_predictions(
     from mlic.data.transforms import Preprocessing, build_eval_pipeline
     from mlic.engine.loop import evaluate
     from mlic.engine.runtime import select_device
+    from mlic.models.fold import inference_form
 
     dev = device if isinstance(device, torch.device) else select_device(device)
     model, meta = load_checkpoint(checkpoint, device=dev)
+    model, channels_last = inference_form(model, dev)
     class_names = list(meta["class_names"])
     pre = Preprocessing.from_dict(meta["preprocessing"])
     dataset = MultiLabelDataset(records, class_names, build_eval_pipeline(pre))
     loader = build_loader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    preds = evaluate(model, loader, dev, progress=progress, desc="predict", pre=pre)
+    preds = evaluate(model, loader, dev, progress=progress, desc="predict", pre=pre, channels_last=channels_last)
     return predictions_from_eval(preds, dataset.records, class_names, meta.get("thresholds"))

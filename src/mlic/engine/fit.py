@@ -55,6 +55,7 @@ from mlic.engine.trainer import (
     build_trainer,
     fit_to_budget,
     load_trainer_state,
+    replan_schedule,
     set_freeze,
     trainer_state,
 )
@@ -161,7 +162,7 @@ def _fit(cfg: TrainConfig, info: DistInfo, device: torch.device, overwrite: bool
 def _train(
     cfg, info, device, run_dir, data: RunData, t: Trainer, p: Progress, steps_per_epoch: int, stop, tb=None
 ) -> None:
-    train_start = time.perf_counter()
+    train_start, first_epoch = time.perf_counter(), p.epoch
     while p.epoch < p.epochs:
         epoch = p.epoch + 1
         set_freeze(t.raw, cfg.model.freeze_backbone_epochs, epoch)
@@ -197,18 +198,29 @@ def _train(
         row = _end_epoch(cfg, info, device, run_dir, data, t, p, epoch)
         if tb is not None:
             tb.log_epoch(row)
-        if (
-            cfg.max_minutes > 0
-            and p.epoch < p.epochs
-            and (time.perf_counter() - train_start) * (epoch + 1) / epoch > (cfg.max_minutes * 60 * BUDGET_TOLERANCE)
-        ):
-            log(f"time budget {cfg.max_minutes:g} min: stopping after epoch {epoch}, another would overrun it")
+        elapsed, epochs_run = time.perf_counter() - train_start, p.epoch - first_epoch
+        if cfg.max_minutes > 0 and p.epoch < p.epochs and _over_budget(cfg, t, p, elapsed, epochs_run, steps_per_epoch):
             break
         if stop.signum is not None:
             _raise_interrupted(stop, run_dir, p)
         if cfg.optim.early_stopping and epoch - p.best["epoch"] >= cfg.optim.early_stopping:
             log(f"early stopping: no better val mAP for {cfg.optim.early_stopping} epochs (last: {row.get('val_mAP')})")
             break
+
+
+def _over_budget(cfg: TrainConfig, t: Trainer, p: Progress, elapsed: float, epochs_run: int, steps: int) -> bool:
+    """After an epoch: stop if another would overrun the budget; if fewer epochs than planned still fit
+    (the machine got slower than the probe saw), end the schedule with them rather than cut it off."""
+    per_epoch = elapsed / max(epochs_run, 1)  # this session's epochs, validation included
+    fitting = p.epoch + int((cfg.max_minutes * 60 * BUDGET_TOLERANCE - elapsed) // per_epoch)
+    if fitting <= p.epoch:
+        log(f"time budget {cfg.max_minutes:g} min: stopping after epoch {p.epoch}, another would overrun it")
+        return True
+    if fitting < p.epochs:
+        replan_schedule(t, cfg, steps, fitting, p.epoch * steps)
+        log(f"time budget {cfg.max_minutes:g} min: epochs take {per_epoch:.0f}s, so {fitting} in all, not {p.epochs}")
+        p.epochs = fitting
+    return False
 
 
 def _epoch_estimate(stats, total_steps: int, data: RunData, *, ema: bool) -> float:

@@ -178,6 +178,17 @@ def fit_to_budget(
     fitting = max(1, int(cfg.max_minutes * 60 * BUDGET_TOLERANCE // max(epoch_seconds, 1e-6)))
     if fitting >= epochs:
         return epochs
+    replan_schedule(t, cfg, steps_per_epoch, fitting, steps_done)
+    log(
+        f"time budget {cfg.max_minutes:g} min: about {epoch_seconds:.0f}s per epoch, so {fitting} epoch(s) "
+        f"instead of {epochs}"
+    )
+    return fitting
+
+
+def replan_schedule(t: Trainer, cfg: TrainConfig, steps_per_epoch: int, epochs: int, steps_done: int) -> None:
+    """Rebuild the schedule to end after ``epochs`` epochs and replay the ``steps_done`` steps already taken,
+    so a one-cycle or cosine schedule still anneals to its end when the run must stop sooner than planned."""
     o = cfg.optim
     optim_steps = math.ceil(steps_per_epoch / o.accum_steps)
     for group in t.optimizer.param_groups:  # back to the base lr, then replay the steps already taken
@@ -185,15 +196,10 @@ def fit_to_budget(
         for key in ("initial_lr", "max_lr", "min_lr"):
             group.pop(key, None)
     t.scheduler = build_scheduler(
-        t.optimizer, o.schedule, total_steps=optim_steps * fitting, warmup_steps=round(o.warmup_epochs * optim_steps)
+        t.optimizer, o.schedule, total_steps=optim_steps * epochs, warmup_steps=round(o.warmup_epochs * optim_steps)
     )
     for _ in range(steps_done // o.accum_steps):
         t.scheduler.step()
-    log(
-        f"time budget {cfg.max_minutes:g} min: about {epoch_seconds:.0f}s per epoch, so {fitting} epoch(s) "
-        f"instead of {epochs}"
-    )
-    return fitting
 
 
 def set_freeze(model: torch.nn.Module, freeze_epochs: int, epoch: int) -> None:
