@@ -172,10 +172,9 @@ def run_mlic(labels: Path, size: int, epochs: int, device: str, work: Path) -> d
         pass
     eval_seconds = time.perf_counter() - start
     dev = torch.device(device)
-    fmt = torch.channels_last if predictor.channels_last else torch.contiguous_format
-    x1 = torch.randn(1, 3, size, size, device=dev).contiguous(memory_format=fmt)
-    with torch.no_grad():
-        latency = _median_ms(lambda: predictor.model(x1).cpu(), dev)
+    x1 = torch.randn(1, 3, size, size)  # a preprocessed image, as the naive side gets it
+    latency = _median_ms(lambda: predictor.predict_probabilities(x1), dev)
+    latency_onnx = _onnx_latency(run.best_checkpoint, work / f"model-{size}.onnx", size) if device == "cpu" else None
     latency_file = _median_ms(lambda: predictor.predict_image(paths[0]), dev, repeats=10)
 
     from mlic.engine.optim import build_optimizer
@@ -184,7 +183,26 @@ def run_mlic(labels: Path, size: int, epochs: int, device: str, work: Path) -> d
     model = SeedCNN(num_classes=len(CLASSES)).to(dev, memory_format=torch.channels_last)
     optimizer = build_optimizer(model, "adam", lr=1e-3, weight_decay=0.0, momentum=0.9)
     step = _step_rate(model, optimizer, torch.nn.BCEWithLogitsLoss(), size, dev, channels_last=True)
-    return _result(len(rows), epoch_seconds, eval_seconds, latency, latency_file, step, size)
+    return _result(len(rows), epoch_seconds, eval_seconds, latency, latency_file, step, size) | {
+        "latency_onnx_ms": latency_onnx
+    }
+
+
+def _onnx_latency(checkpoint: Path, out: Path, size: int) -> float | None:
+    """Batch-1 latency of the checkpoint exported by `mlic export` and run by ONNX Runtime (uint8 input, as
+    `mlic predict model.onnx` feeds it); None without the export extra."""
+    try:
+        import torch
+
+        from mlic.export import export_model
+        from mlic.onnx_predictor import OnnxPredictor
+
+        export_model(checkpoint, out, fmt="onnx")
+        onnx = OnnxPredictor.from_file(out, num_threads=torch.get_num_threads())
+    except ImportError:
+        return None
+    x = torch.randint(0, 256, (1, 3, size, size), dtype=torch.uint8)
+    return _median_ms(lambda: onnx.predict_probabilities(x), torch.device("cpu"))
 
 
 # ---- shared measuring helpers ---------------------------------------------------------------------------
@@ -351,6 +369,9 @@ def _print_table(results: dict, peak: dict, args) -> None:
             a, b = r["naive"][key], r["mlic"][key]
             ratio = a / b if lower_is_better else b / a
             print(f"{size:>5} {label:<26}{a:>10.1f}{b:>10.1f}{ratio:>8.2f}x")
+            if key == "latency_ms" and r["mlic"].get("latency_onnx_ms"):
+                onnx = r["mlic"]["latency_onnx_ms"]
+                print(f"{size:>5} {'  same, mlic ONNX export':<26}{a:>10.1f}{onnx:>10.1f}{a / onnx:>8.2f}x")
         step = r["mlic"]["step_gflops"]
         fractions = f"{step / peak['fp32']:.0%} of fp32 peak"
         if peak["bf16"]:

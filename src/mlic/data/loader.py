@@ -114,12 +114,14 @@ def build_loader(
     drop_last: bool = False,
     pin_memory: bool = False,
     sampler: Sampler | None = None,
+    cached: bool = False,
 ) -> DataLoader:
     """A seeded DataLoader: the same seed gives the same order and the same augmentations.
 
-    Training passes an ``EpochSampler`` (sharded, resumable); ``shuffle`` is then ignored.
+    Training passes an ``EpochSampler`` (sharded, resumable); ``shuffle`` is then ignored. ``cached``: the
+    dataset reads the decoded-image cache, which changes how many workers pay off (``default_num_workers``).
     """
-    workers = default_num_workers() if num_workers < 0 else num_workers
+    workers = default_num_workers(cached) if num_workers < 0 else num_workers
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,

@@ -49,6 +49,7 @@ def prepare_data(cfg: TrainConfig, info: DistInfo, *, pin_memory: bool = False) 
         seed=cfg.seed,
         sampler=sampler,
         pin_memory=pin_memory,
+        cached=train_cache is not None,
     )
     val_loader = None
     if val_records:
@@ -61,7 +62,7 @@ def prepare_data(cfg: TrainConfig, info: DistInfo, *, pin_memory: bool = False) 
             else None
         )
         val_loader = build_loader(val_ds, batch_size=bs, shuffle=False, num_workers=workers, sampler=val_sampler,
-                                  pin_memory=pin_memory)  # fmt: skip
+                                  pin_memory=pin_memory, cached=val_cache is not None)  # fmt: skip
     log(
         f"data: {len(train_records)} train, {len(val_records)} val, {len(test_records)} test images; "
         f"{len(class_names)} classes"
