@@ -170,8 +170,8 @@ def test_time_budget_refits_the_schedule_to_the_epochs_that_fit():
     from types import SimpleNamespace
 
     from mlic.config import TrainConfig
+    from mlic.engine.budget import BUDGET_TOLERANCE, fit_to_budget
     from mlic.engine.optim import build_scheduler
-    from mlic.engine.trainer import BUDGET_TOLERANCE, fit_to_budget
 
     cfg = TrainConfig()
     cfg.optim.schedule, cfg.optim.epochs, cfg.max_minutes = "onecycle", 30, 5.0
@@ -198,7 +198,7 @@ def test_slower_epochs_shorten_the_schedule_instead_of_cutting_it_off():
     from types import SimpleNamespace
 
     from mlic.config import TrainConfig
-    from mlic.engine.fit import Progress, _over_budget
+    from mlic.engine.budget import refit_to_budget
     from mlic.engine.optim import build_scheduler
 
     cfg = TrainConfig()
@@ -209,13 +209,30 @@ def test_slower_epochs_shorten_the_schedule_instead_of_cutting_it_off():
     for _ in range(20):  # two epochs of 10 steps under a 5-epoch plan
         optimizer.step()
         t.scheduler.step()
-    p = Progress(epochs=5, epoch=2)
     # epochs took 100 s, not the ~60 s planned: one more fits, and the schedule now ends with it
-    assert not _over_budget(cfg, t, p, elapsed=200.0, epochs_run=2, steps=10)
-    assert p.epochs == 3
+    assert refit_to_budget(t, cfg, 10, epoch=2, planned=5, elapsed=200.0, epochs_run=2) == 3
     for _ in range(10):
         optimizer.step()
         t.scheduler.step()
     assert optimizer.param_groups[0]["lr"] < 3e-3 * 1e-3  # annealed at the new end
-    # no room for another epoch: stop
-    assert _over_budget(cfg, t, Progress(epochs=5, epoch=2), elapsed=280.0, epochs_run=2, steps=10)
+    # no room for another epoch: stop (the answer is the epoch just done)
+    assert refit_to_budget(t, cfg, 10, epoch=2, planned=5, elapsed=280.0, epochs_run=2) == 2
+    # faster than planned: more epochs (6 = 2 + 280 // 50), up to the configured ones
+    assert refit_to_budget(t, cfg, 10, epoch=2, planned=4, elapsed=100.0, epochs_run=2) == 6
+    cfg.optim.epochs = 5
+    assert refit_to_budget(t, cfg, 10, epoch=2, planned=4, elapsed=100.0, epochs_run=2) == 5
+
+
+def test_budget_probe_skips_warm_up_steps_and_short_epochs():
+    from mlic.engine.budget import BUDGET_PROBE_STEPS, BUDGET_WARMUP_STEPS, epoch_estimate, probe_span_end
+
+    assert probe_span_end(5.0, epoch=0, step=0, total=1000) == BUDGET_WARMUP_STEPS
+    assert (
+        probe_span_end(5.0, epoch=0, step=BUDGET_WARMUP_STEPS, total=1000) == BUDGET_WARMUP_STEPS + BUDGET_PROBE_STEPS
+    )
+    assert probe_span_end(5.0, epoch=0, step=BUDGET_WARMUP_STEPS + BUDGET_PROBE_STEPS, total=1000) is None
+    assert probe_span_end(0.0, epoch=0, step=0, total=1000) is None  # no budget
+    assert probe_span_end(5.0, epoch=0, step=0, total=40) is None  # too short to be worth probing
+    # 20 timed steps in 10 s: 0.5 s a step; 100 steps + 30 validation batches at a third, twice with EMA
+    assert epoch_estimate(10.0, BUDGET_WARMUP_STEPS + 20, 100, 30, ema=False) == 0.5 * (100 + 10)
+    assert epoch_estimate(10.0, BUDGET_WARMUP_STEPS + 20, 100, 30, ema=True) == 0.5 * (100 + 20)

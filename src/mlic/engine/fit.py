@@ -25,8 +25,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from mlic.checkpoint import load_train_state, load_weights, read_meta, save_checkpoint
-from mlic.config import ConfigError, TrainConfig, save_config, to_dict
+from mlic.checkpoint import read_meta, save_checkpoint
+from mlic.config import TrainConfig
+from mlic.engine.budget import (
+    BUDGET_WARMUP_STEPS,
+    epoch_estimate,
+    fit_to_budget,
+    probe_span_end,
+    refit_to_budget,
+)  # fmt: skip
 from mlic.engine.console import log, set_main_process
 from mlic.engine.data_setup import RunData, prepare_data
 from mlic.engine.distributed import (
@@ -39,44 +46,23 @@ from mlic.engine.distributed import (
     sync_buffers,
 )  # fmt: skip
 from mlic.engine.loop import Predictions, Span, evaluate, train_one_epoch
+from mlic.engine.resume import Progress, resolve_run_dir, restore
 from mlic.engine.run_folder import (
     checkpoint_meta,
-    make_run_dir,
     plot_history_png,
     summary_line,
     write_metrics_csv,
 )  # fmt: skip
 from mlic.engine.runtime import configure_allocator, seed_everything, select_device
 from mlic.engine.trainer import (
-    BUDGET_PROBE_STEPS,
-    BUDGET_TOLERANCE,
-    BUDGET_WARMUP_STEPS,
     Trainer,
     build_trainer,
-    fit_to_budget,
-    load_trainer_state,
-    replan_schedule,
     set_freeze,
     trainer_state,
 )
 from mlic.metrics import compute_metrics
 
 VAL_KEYS = ("mAP", "f1_micro", "f1_macro", "f1_samples", "hamming_loss", "exact_match")
-# Config keys a resumed run must share with the checkpoint; anything else (epochs, workers, device) may change.
-RESUME_KEYS = (
-    "model.name",
-    "model.widths",
-    "model.hidden",
-    "data.image_size",
-    "data.train",
-    "data.val",
-    "optim.batch_size",
-    "optim.accum_steps",
-    "optim.optimizer",
-    "optim.loss",
-    "optim.ema",
-    "seed",
-)
 
 
 class TrainingInterrupted(Exception):
@@ -99,21 +85,6 @@ class RunResult:
     model: torch.nn.Module | None = None  # the trained (raw, last-epoch) model, in memory
 
 
-@dataclass
-class Progress:
-    """Where training stands; stored in ``checkpoints/last/meta.json`` so a run can resume exactly."""
-
-    epochs: int  # planned (a time budget may lower it after epoch 1)
-    epoch: int = 0  # completed epochs
-    step: int = 0  # steps done in epoch ``epoch + 1``
-    loss_sum: float = 0.0  # partial-epoch loss and image count, so a resumed epoch logs the same mean
-    images: int = 0
-    seconds: float = 0.0
-    probed: bool = False  # the budget probe has sized the run (a resumed run does not probe again)
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best: dict[str, Any] = field(default_factory=lambda: {"score": None, "epoch": 0, "weights": "raw"})
-
-
 def fit(cfg: TrainConfig, *, overwrite: bool = False, resume: str | None = None) -> RunResult:
     """Train per ``cfg`` and return where everything was written.
 
@@ -134,14 +105,14 @@ def _fit(cfg: TrainConfig, info: DistInfo, device: torch.device, overwrite: bool
     if cfg.runtime.deterministic:
         torch.use_deterministic_algorithms(True)
     seed_everything(cfg.seed)
-    run_dir = _resolve_run_dir(cfg, overwrite, resume, info)
+    run_dir = resolve_run_dir(cfg, overwrite, resume, info)
     log(f"run folder: {run_dir} (device {device})")
     data = prepare_data(cfg, info, pin_memory=device.type == "cuda")  # pinned: non-blocking copies
     steps_per_epoch = len(data.train_loader)
     t = build_trainer(cfg, len(data.class_names), data.train_ds, steps_per_epoch, device, info)
     progress = Progress(epochs=1 if cfg.dry_run else cfg.optim.epochs)
     if resume:
-        progress = _restore(run_dir / "checkpoints" / "last", cfg, data, t)
+        progress = restore(run_dir / "checkpoints" / "last", cfg, data, t)
     stop = _StopFlag()
     tb = None
     if cfg.tensorboard and info.is_main:
@@ -169,13 +140,10 @@ def _train(
         data.train_sampler.set_position(epoch, p.step * cfg.optim.batch_size)
         total = 1 if cfg.dry_run else steps_per_epoch
         end = total if not cfg.checkpoint_every else min(total, p.step + cfg.checkpoint_every)
-        # A budgeted run times a few steps first, to fit the epochs and the schedule to the budget. The first
-        # BUDGET_WARMUP_STEPS are not timed: allocator growth and kernel selection make them slow, and counting
-        # them made the plan an epoch short.
-        probing = cfg.max_minutes > 0 and p.epoch == 0 and p.step in (0, BUDGET_WARMUP_STEPS) and not p.probed
-        probing &= total > 2 * (BUDGET_WARMUP_STEPS + BUDGET_PROBE_STEPS)
-        if probing:
-            end = BUDGET_WARMUP_STEPS if p.step == 0 else BUDGET_WARMUP_STEPS + BUDGET_PROBE_STEPS
+        # a budgeted run first times a few steps, to fit the epochs and the schedule to the budget
+        probe_end = probe_span_end(cfg.max_minutes, p.epoch, p.step, total) if not p.probed else None
+        if probe_end is not None:
+            end = probe_end
         stats = train_one_epoch(
             t.model, data.train_loader, t.loss_fn, t.optimizer, device, epoch=epoch, opts=t.opts,
             scheduler=t.scheduler, ema=t.ema, mixer=t.mixer, span=Span(p.step, end, total),
@@ -184,9 +152,10 @@ def _train(
         _report_bad(stats.bad_images)
         p.step, p.loss_sum, p.images = stats.next_step, p.loss_sum + stats.loss_sum, p.images + stats.images
         p.seconds += stats.seconds
-        if probing:
-            if p.step > BUDGET_WARMUP_STEPS:
-                estimate = _epoch_estimate(stats, total, data, ema=t.ema is not None)
+        if probe_end is not None:
+            if p.step > BUDGET_WARMUP_STEPS:  # the timed probe steps are done
+                val_steps = len(data.val_loader) if data.val_loader is not None else 0
+                estimate = epoch_estimate(stats.seconds, stats.next_step, total, val_steps, ema=t.ema is not None)
                 p.epochs = fit_to_budget(t, cfg, total, p.epochs, estimate, stats.next_step)
                 p.probed = True
             continue
@@ -198,37 +167,16 @@ def _train(
         row = _end_epoch(cfg, info, device, run_dir, data, t, p, epoch)
         if tb is not None:
             tb.log_epoch(row)
-        elapsed, epochs_run = time.perf_counter() - train_start, p.epoch - first_epoch
-        if cfg.max_minutes > 0 and p.epoch < p.epochs and _over_budget(cfg, t, p, elapsed, epochs_run, steps_per_epoch):
-            break
+        if cfg.max_minutes > 0 and p.epoch < p.epochs:
+            elapsed = time.perf_counter() - train_start
+            p.epochs = refit_to_budget(t, cfg, steps_per_epoch, p.epoch, p.epochs, elapsed, p.epoch - first_epoch)
+            if p.epoch >= p.epochs:
+                break
         if stop.signum is not None:
             _raise_interrupted(stop, run_dir, p)
         if cfg.optim.early_stopping and epoch - p.best["epoch"] >= cfg.optim.early_stopping:
             log(f"early stopping: no better val mAP for {cfg.optim.early_stopping} epochs (last: {row.get('val_mAP')})")
             break
-
-
-def _over_budget(cfg: TrainConfig, t: Trainer, p: Progress, elapsed: float, epochs_run: int, steps: int) -> bool:
-    """After an epoch: stop if another would overrun the budget; if fewer epochs than planned still fit
-    (the machine got slower than the probe saw), end the schedule with them rather than cut it off."""
-    per_epoch = elapsed / max(epochs_run, 1)  # this session's epochs, validation included
-    fitting = p.epoch + int((cfg.max_minutes * 60 * BUDGET_TOLERANCE - elapsed) // per_epoch)
-    if fitting <= p.epoch:
-        log(f"time budget {cfg.max_minutes:g} min: stopping after epoch {p.epoch}, another would overrun it")
-        return True
-    if fitting < p.epochs:
-        replan_schedule(t, cfg, steps, fitting, p.epoch * steps)
-        log(f"time budget {cfg.max_minutes:g} min: epochs take {per_epoch:.0f}s, so {fitting} in all, not {p.epochs}")
-        p.epochs = fitting
-    return False
-
-
-def _epoch_estimate(stats, total_steps: int, data: RunData, *, ema: bool) -> float:
-    """Seconds per epoch from the timed probe steps: training, plus validation at about a third of a training
-    step's cost per batch (forward only), twice with an EMA copy (both are validated)."""
-    per_step = stats.seconds / max(stats.next_step - BUDGET_WARMUP_STEPS, 1)
-    val_steps = len(data.val_loader) if data.val_loader is not None else 0
-    return per_step * (total_steps + val_steps / 3 * (2 if ema else 1))
 
 
 def _end_epoch(cfg, info, device, run_dir, data: RunData, t: Trainer, p: Progress, epoch: int) -> dict[str, Any]:
@@ -327,60 +275,6 @@ def _save_last(cfg, run_dir: Path, data: RunData, t: Trainer, p: Progress, info:
             ema=t.ema.module if t.ema else None,
         )
     barrier(info)
-
-
-def _restore(last: Path, cfg: TrainConfig, data: RunData, t: Trainer) -> Progress:
-    meta = read_meta(last)
-    _check_compatible(meta, cfg, data.class_names, last)
-    state, ema = load_train_state(last)
-    load_weights(last, t.raw)
-    if t.ema is not None and ema is not None:
-        t.ema.module.load_state_dict(ema)
-    load_trainer_state(t, state)
-    p = Progress(**meta["progress"])
-    log(f"resuming from {last}: epoch {p.epoch} complete, {p.step} step(s) into epoch {p.epoch + 1}")
-    return p
-
-
-def _check_compatible(meta: dict, cfg: TrainConfig, class_names: list[str], path: Path) -> None:
-    saved, now = meta.get("config", {}), to_dict(cfg)
-    diffs = []
-    for dotted in RESUME_KEYS:
-        a, b = saved, now
-        for part in dotted.split("."):
-            a, b = (a or {}).get(part), (b or {}).get(part)
-        if a != b:
-            diffs.append(f"{dotted} (checkpoint: {a!r}, now: {b!r})")
-    if list(meta["class_names"]) != list(class_names):
-        diffs.append(f"class names (checkpoint: {len(meta['class_names'])} classes, now: {len(class_names)})")
-    if diffs:
-        raise ConfigError(f"cannot resume from {path}: the config differs in " + "; ".join(diffs))
-
-
-def _resolve_run_dir(cfg: TrainConfig, overwrite: bool, resume: str | None, info: DistInfo) -> Path:
-    if resume and resume != "auto":
-        run_dir = Path(resume)
-    elif resume == "auto":
-        run_dir = Path(cfg.output_dir) / (cfg.name or "")
-        if not cfg.name:
-            raise ConfigError("--resume auto needs --name (the run folder to continue)")
-    else:
-        run_dir = make_run_dir(cfg.output_dir, cfg.name, overwrite) if info.is_main else None
-        run_dir = _broadcast_path(run_dir, info)
-    if resume and not (run_dir / "checkpoints" / "last" / "meta.json").is_file():
-        raise ConfigError(f"--resume: no complete checkpoint in {run_dir / 'checkpoints' / 'last'}")
-    if info.is_main:
-        save_config(cfg, run_dir / "config.yaml")
-    return run_dir
-
-
-def _broadcast_path(path: Path | None, info: DistInfo) -> Path:
-    """Rank 0 names the run folder (a timestamp by default); the others use the same."""
-    if not info.enabled:
-        return path
-    box = [str(path) if path else None]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return Path(box[0])
 
 
 def _finish(cfg, info, device, run_dir: Path, data: RunData, p: Progress) -> RunResult:

@@ -160,48 +160,6 @@ def _as_tuple(value: Any) -> Any:
     return tuple(_as_tuple(v) for v in value) if isinstance(value, list | tuple) else value
 
 
-BUDGET_WARMUP_STEPS = 5  # steps run, untimed, before the probe
-BUDGET_PROBE_STEPS = 20  # steps timed at the start of a budgeted run to size it
-# A run may end up to 10% past its budget rather than stop an epoch early: the planner and the stop rule
-# in fit share this, so a recipe with a fixed schedule and one fitted to the budget get the same time.
-BUDGET_TOLERANCE = 1.1
-
-
-def fit_to_budget(
-    t: Trainer, cfg: TrainConfig, steps_per_epoch: int, epochs: int, epoch_seconds: float, steps_done: int
-) -> int:
-    """Epochs that fit ``max_minutes`` at ``epoch_seconds`` each; the schedule is rebuilt to end with them.
-
-    Called after the first few steps, so a one-cycle or cosine schedule spans the whole budget instead
-    of the configured epochs (which a budgeted run would never reach).
-    """
-    fitting = max(1, int(cfg.max_minutes * 60 * BUDGET_TOLERANCE // max(epoch_seconds, 1e-6)))
-    if fitting >= epochs:
-        return epochs
-    replan_schedule(t, cfg, steps_per_epoch, fitting, steps_done)
-    log(
-        f"time budget {cfg.max_minutes:g} min: about {epoch_seconds:.0f}s per epoch, so {fitting} epoch(s) "
-        f"instead of {epochs}"
-    )
-    return fitting
-
-
-def replan_schedule(t: Trainer, cfg: TrainConfig, steps_per_epoch: int, epochs: int, steps_done: int) -> None:
-    """Rebuild the schedule to end after ``epochs`` epochs and replay the ``steps_done`` steps already taken,
-    so a one-cycle or cosine schedule still anneals to its end when the run must stop sooner than planned."""
-    o = cfg.optim
-    optim_steps = math.ceil(steps_per_epoch / o.accum_steps)
-    for group in t.optimizer.param_groups:  # back to the base lr, then replay the steps already taken
-        group["lr"] = group.get("max_lr", group.get("initial_lr", group["lr"]))  # max_lr: one-cycle's base
-        for key in ("initial_lr", "max_lr", "min_lr"):
-            group.pop(key, None)
-    t.scheduler = build_scheduler(
-        t.optimizer, o.schedule, total_steps=optim_steps * epochs, warmup_steps=round(o.warmup_epochs * optim_steps)
-    )
-    for _ in range(steps_done // o.accum_steps):
-        t.scheduler.step()
-
-
 def set_freeze(model: torch.nn.Module, freeze_epochs: int, epoch: int) -> None:
     if freeze_epochs <= 0 or epoch not in (1, freeze_epochs + 1):
         return
