@@ -7,6 +7,8 @@ each and their differences. Run from the repository root:
 
     .venv/bin/python benchmarks/accuracy.py                      # 20k/2k/4k at 96x96, 15 min per recipe
     .venv/bin/python benchmarks/accuracy.py --train 5000 --budget-minutes 4   # a quick look
+    # bf16 against fp32, same recipe, seed and epochs (no time budget):
+    .venv/bin/python benchmarks/accuracy.py --recipes configs/default.yaml --precisions fp32 bf16 --epochs 3
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ def main() -> None:
         help="override one recipe's key, e.g. default:runtime.precision=fp32 (repeatable)",
     )
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--precisions", nargs="+", help="run each recipe at each of these precisions")
+    ap.add_argument("--epochs", type=int, help="a fixed number of epochs instead of the time budget")
     args = ap.parse_args()
 
     print(f"load average at start: {os.getloadavg()[0]:.2f}")
@@ -62,11 +66,17 @@ def main() -> None:
     print(f"data: {data_dir} ({time.perf_counter() - t0:.0f}s)")
 
     results = {}
-    for recipe in args.recipes:
-        name = Path(recipe).stem
+    runs = [(recipe, precision) for recipe in args.recipes for precision in (args.precisions or [None])]
+    for recipe, precision in runs:
+        stem = Path(recipe).stem
+        name = stem if precision is None else f"{stem}-{precision}"
         cfg = apply_overrides(
-            load_config(recipe), [o.split(":", 1)[1] for o in args.overrides if o.startswith(f"{name}:")]
+            load_config(recipe), [o.split(":", 1)[1] for o in args.overrides if o.startswith(f"{stem}:")]
         )
+        if precision is not None:
+            cfg.runtime.precision = precision
+        if args.epochs:
+            cfg.optim.epochs = args.epochs
         start = time.perf_counter()
         run = mlic.train(
             str(files["train"]),
@@ -74,7 +84,7 @@ def main() -> None:
             val=str(files["val"]),
             test=str(files["test"]),
             image_size=args.image_size,
-            max_minutes=args.budget_minutes,
+            max_minutes=0.0 if args.epochs else args.budget_minutes,
             seed=args.seed,
             name=f"bench-{name}",
             output_dir=args.out_dir,
@@ -95,12 +105,13 @@ def _print_table(results: dict, args) -> None:
     names = list(results)
     print(
         f"\nFashion-MNIST collages {args.train}/{args.val}/{args.test} at {args.image_size}px, "
-        f"budget {args.budget_minutes:g} min/recipe, load average {os.getloadavg()[0]:.2f}"
+        + (f"{args.epochs} epochs each" if args.epochs else f"budget {args.budget_minutes:g} min/recipe")
+        + f", load average {os.getloadavg()[0]:.2f}"
     )
-    print(f"{'metric':<14}" + "".join(f"{n:>12}" for n in names) + (f"{'diff':>12}" if len(names) == 2 else ""))
+    print(f"{'metric':<14}" + "".join(f"{n:>14}" for n in names) + (f"{'diff':>12}" if len(names) == 2 else ""))
     for key in (*KEYS, "epochs", "train_minutes"):
         vals = [results[n][key] for n in names]
-        line = f"{key:<14}" + "".join(f"{v:>12.4f}" if isinstance(v, float) else f"{v:>12}" for v in vals)
+        line = f"{key:<14}" + "".join(f"{v:>14.4f}" if isinstance(v, float) else f"{v:>14}" for v in vals)
         if len(names) == 2 and key in KEYS:
             line += f"{(vals[1] - vals[0]) * 100:>+11.2f}p"
         print(line)
