@@ -119,21 +119,14 @@ def open_cache(records: Sequence[Record], pipeline: Pipeline, root: str | Path |
 
 
 def ensure_cache(
-    records: Sequence[Record],
-    pipeline: Pipeline,
-    *,
-    root: str | Path | None = None,
-    num_workers: int = -1,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    progress: bool = True,
-    desc: str = "caching",
+    records: Sequence[Record], pipeline: Pipeline, *, root: str | Path | None = None, **build_options
 ) -> tuple[DecodedCache, bool]:
-    """(the cache of ``records``, whether it was built now); built if absent. Raises CacheUnavailable."""
+    """(the cache of ``records``, whether it was built now); built by ``build_cache`` (which takes
+    ``build_options``) if absent. Raises CacheUnavailable."""
     cache = open_cache(records, pipeline, root)
     if cache is not None:
         return cache, False
-    return build_cache(records, pipeline, root=root, num_workers=num_workers, max_pixels=max_pixels,
-                       progress=progress, desc=desc), True  # fmt: skip
+    return build_cache(records, pipeline, root=root, **build_options), True
 
 
 def build_cache(
