@@ -33,6 +33,7 @@ from mlic.engine.budget import (
     fit_to_budget,
     probe_span_end,
     refit_to_budget,
+    replan_schedule,
 )  # fmt: skip
 from mlic.engine.console import log, set_main_process
 from mlic.engine.data_setup import RunData, prepare_data
@@ -113,6 +114,10 @@ def _fit(cfg: TrainConfig, info: DistInfo, device: torch.device, overwrite: bool
     progress = Progress(epochs=1 if cfg.dry_run else cfg.optim.epochs)
     if resume:
         progress = restore(run_dir / "checkpoints" / "last", cfg, data, t)
+        if cfg.max_minutes > 0 and progress.epochs != cfg.optim.epochs:
+            # a budget's plan: a cosine schedule's length lives in a closure, not in the saved state
+            done = progress.epoch * steps_per_epoch + progress.step
+            replan_schedule(t, cfg, steps_per_epoch, progress.epochs, done)
     stop = _StopFlag()
     tb = None
     if cfg.tensorboard and info.is_main:
