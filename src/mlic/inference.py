@@ -26,7 +26,7 @@ from torchvision.transforms import v2
 
 from mlic.checkpoint import load_checkpoint
 from mlic.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, is_image_file
-from mlic.data.transforms import Preprocessing, build_eval_transform
+from mlic.data.transforms import Preprocessing, build_eval_transform, build_stage_transform
 from mlic.engine.runtime import select_device
 from mlic.models.fold import inference_form
 
@@ -126,11 +126,10 @@ def _iter_list_file(path: Path, image_root: Path | None) -> Iterator[Path]:
 def build_uint8_eval_transform(pre: Preprocessing) -> v2.Compose:
     """PIL RGB image -> uint8 (3, S, S): the eval transform up to and without the float conversion.
 
-    Built from ``build_eval_transform``'s own steps, so resizing is exactly the training one; the
-    dropped ``ToDtype``/``Normalize`` happen inside exported models instead.
+    It is the stage transform the training cache stores, so resizing is exactly the training one; the
+    float conversion and normalisation happen inside exported models instead.
     """
-    steps = [t for t in build_eval_transform(pre).transforms if not isinstance(t, v2.ToDtype | v2.Normalize)]
-    return v2.Compose(steps)
+    return build_stage_transform(pre)
 
 
 def resolve_thresholds(

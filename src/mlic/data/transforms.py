@@ -9,6 +9,7 @@ changes where the work happens, not what it computes: an eval batch equals the e
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
 
 import PIL.Image
@@ -99,8 +100,12 @@ class Pipeline:
         """Everything that shapes the staged pixels: part of the decoded-image cache's key."""
         return {"stage_size": self.stage_size, "resize": self.pre.resize, "draft_size": self.pre.draft_size}
 
+    @functools.cached_property
+    def _stage(self) -> v2.Compose:  # built once, not per image (writes __dict__ directly: fine when frozen)
+        return build_stage_transform(self.pre, self.stage_size)
+
     def stage(self, image: PIL.Image.Image) -> torch.Tensor:
-        return build_stage_transform(self.pre, self.stage_size)(image)
+        return self._stage(image)
 
 
 def build_eval_pipeline(pre: Preprocessing) -> Pipeline:
