@@ -21,7 +21,7 @@ from pathlib import Path
 
 import mlic
 from mlic.config import apply_overrides, load_config
-from mlic.data.fashion import make_fashion_collages
+from mlic.data.builders.fashion import make_fashion_collages
 
 DEFAULT_IDX = "/usr/share/datasets/fashion-mnist"
 KEYS = ("mAP", "f1_micro", "f1_macro", "exact_match")

@@ -28,10 +28,10 @@ import torch
 from PIL import Image
 
 from mlic.checkpoint import save_checkpoint
-from mlic.export import export_model
-from mlic.inference import Predictor
+from mlic.inference.export import export_model
+from mlic.inference.predictor import Predictor
 from mlic.models import build_model
-from mlic.onnx_predictor import OnnxPredictor
+from mlic.inference.onnx_predictor import OnnxPredictor
 
 CLASSES = [f"class{i}" for i in range(20)]
 
@@ -83,7 +83,7 @@ def bench_size(size: int, work: Path, paths: list[Path], threads: int, repeats: 
     }
     figures: dict[str, dict[str, float]] = {}
     for name, predictor in engines.items():
-        one = predictor.transform(Image.open(paths[0]).convert("RGB")).unsqueeze(0)
+        one = predictor.loader(paths[0]).unsqueeze(0)
         batch = one.repeat(32, 1, 1, 1)
         lat = timed(lambda p=predictor, x=one: p.predict_probabilities(x), repeats * 5)
         thr = timed(lambda p=predictor, x=batch: p.predict_probabilities(x), repeats)

@@ -30,8 +30,8 @@ import httpx
 import numpy as np
 
 from mlic.cli import main as mlic_main
-from mlic.data.synthetic import make_shapes_dataset
-from mlic.inference import Predictor
+from mlic.data.builders.synthetic import make_shapes_dataset
+from mlic.inference.predictor import Predictor
 
 REQUEST_TIMEOUT_S = 60.0
 

@@ -147,8 +147,8 @@ def run_mlic(labels: Path, size: int, epochs: int, device: str, work: Path) -> d
 
     import mlic
     from mlic.data.cache import clear_cache
-    from mlic.engine.runtime import configure_allocator
-    from mlic.inference import Predictor
+    from mlic.runtime.cpu import configure_allocator
+    from mlic.inference.predictor import Predictor
 
     configure_allocator()  # what the `mlic` command does at start
     cache_dir = work / "cache"
@@ -194,8 +194,8 @@ def _onnx_latency(checkpoint: Path, out: Path, size: int) -> float | None:
     try:
         import torch
 
-        from mlic.export import export_model
-        from mlic.onnx_predictor import OnnxPredictor
+        from mlic.inference.export import export_model
+        from mlic.inference.onnx_predictor import OnnxPredictor
 
         export_model(checkpoint, out, fmt="onnx")
         onnx = OnnxPredictor.from_file(out, num_threads=torch.get_num_threads())
@@ -295,7 +295,7 @@ def child(args) -> None:
     elif args.child == "mlic":
         result = run_mlic(labels, size, epochs, device, Path(args.work))
     else:
-        from mlic.engine.precision import cpu_has_fast_bf16
+        from mlic.runtime.precision import cpu_has_fast_bf16
 
         bf16 = device != "cpu" or cpu_has_fast_bf16()
         result = {

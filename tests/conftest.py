@@ -24,7 +24,7 @@ def _cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_shapes(tmp_path_factory) -> dict[str, Path]:
     """A small demo-style dataset (PNG files + train/val/test CSVs), built once per test session."""
-    from mlic.data.synthetic import make_shapes_dataset
+    from mlic.data.builders.synthetic import make_shapes_dataset
 
     root = tmp_path_factory.mktemp("shapes")
     return make_shapes_dataset(root, num_train=64, num_val=24, num_test=24, image_size=32, seed=1)

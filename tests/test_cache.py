@@ -11,20 +11,20 @@ import pytest
 import torch
 from PIL import Image
 
-import mlic.data.dataset as dataset_module
+import mlic.data.pixels as pixels_module
 from mlic.cli import main
 from mlic.data import cache as cache_module
 from mlic.data.cache import CacheUnavailable, ensure_cache, open_cache
 from mlic.data.dataset import MultiLabelDataset, collate
 from mlic.data.labels import build_vocabulary
-from mlic.data.loader import load_records
+from mlic.data.sources import load_records
 from mlic.data.transforms import Preprocessing, build_eval_pipeline, build_train_pipeline
 
 
 @pytest.fixture
 def shapes(tmp_path):
     """A private copy of a tiny dataset (these tests edit image files)."""
-    from mlic.data.synthetic import make_shapes_dataset
+    from mlic.data.builders.synthetic import make_shapes_dataset
 
     return make_shapes_dataset(tmp_path / "data", num_train=40, num_val=10, num_test=0, image_size=32, seed=2)
 
@@ -46,7 +46,7 @@ def test_cached_samples_equal_decoded_ones_and_need_no_decoding(shapes, tmp_path
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded although the cache holds the image")
 
-    monkeypatch.setattr(dataset_module, "decode_image", no_decoding)
+    monkeypatch.setattr(pixels_module, "decode_image", no_decoding)
     cached = _samples(cached_ds)
     for a, b in zip(decoded, cached, strict=True):
         assert a["image"].dtype == torch.uint8 and torch.equal(a["image"], b["image"]) and a["flip"] == b["flip"]

@@ -78,7 +78,7 @@ def test_predict_formats_and_unreadable_files(trained, tiny_shapes, tmp_path, ca
     ckpt = str(trained / "checkpoints/best")
     assert (
         main(
-            ["predict", ckpt, str(images), str(bad), "--format", "csv", "--output", str(out), "--probabilities"]
+            ["predict", ckpt, str(images), str(bad), "--to", "csv", "--output", str(out), "--probabilities"]
             + ["--device", "cpu"]
         )
         == 0
@@ -92,9 +92,7 @@ def test_predict_formats_and_unreadable_files(trained, tiny_shapes, tmp_path, ca
     capsys.readouterr()
     first = sorted(images.iterdir())[0]
     assert (
-        main(
-            ["predict", ckpt, str(first), "--format", "json", "--threshold", "0", "--probabilities", "--device", "cpu"]
-        )
+        main(["predict", ckpt, str(first), "--to", "json", "--threshold", "0", "--probabilities", "--device", "cpu"])
         == 0
     )
     data = json.loads(capsys.readouterr().out)
@@ -168,13 +166,16 @@ def test_dry_run_is_one_batch(tiny_shapes, tmp_path):
 
 
 def test_saved_thresholds_are_used_and_missing_ones_fall_back_to_half(trained, tiny_shapes, tmp_path):
-    from mlic.evaluation import evaluate_checkpoint
-    from mlic.inference import Predictor
+    from mlic.evaluation.evaluate import evaluate_checkpoint
+    from mlic.evaluation.scoring import BatchOptions
+    from mlic.inference.predictor import Predictor
 
     ckpt = trained / "checkpoints" / "best"
     meta = json.loads((ckpt / "meta.json").read_text())
     assert meta["thresholds"] is not None and meta["threshold_info"]["method"] == "per_class_f1"
-    report = evaluate_checkpoint(ckpt, tiny_shapes["test"], device="cpu", num_workers=0, progress=False)
+    report = evaluate_checkpoint(
+        ckpt, tiny_shapes["test"], batch=BatchOptions(device="cpu", num_workers=0, progress=False)
+    )
     assert report["thresholds"] == "checkpoint (per_class_f1)"
     assert [c["threshold"] for c in report["per_class"]] == pytest.approx(meta["thresholds"])
     predictor = Predictor.from_checkpoint(ckpt, device="cpu")
@@ -186,7 +187,9 @@ def test_saved_thresholds_are_used_and_missing_ones_fall_back_to_half(trained, t
     bare = tmp_path / "bare"
     shutil.copytree(ckpt, bare)
     (bare / "meta.json").write_text(json.dumps(meta | {"thresholds": None, "threshold_info": None}))
-    report = evaluate_checkpoint(bare, tiny_shapes["test"], device="cpu", num_workers=0, progress=False)
+    report = evaluate_checkpoint(
+        bare, tiny_shapes["test"], batch=BatchOptions(device="cpu", num_workers=0, progress=False)
+    )
     assert report["thresholds"] == "0.5 (checkpoint has no tuned thresholds)"
     assert all(c["threshold"] == 0.5 for c in report["per_class"])
     assert Predictor.from_checkpoint(bare, device="cpu").threshold_source.startswith("0.5")

@@ -25,7 +25,7 @@ def test_unknown_keys_and_bad_types_are_named(tmp_path):
     with pytest.raises(ConfigError, match=r"bad.yaml.*optim.learning_rate"):
         load_config(tmp_path / "bad.yaml")
     (tmp_path / "bad2.yaml").write_text("optim:\n  epochs: many\n")
-    with pytest.raises(ConfigError, match="optim.epochs: expected int"):
+    with pytest.raises(ConfigError, match=r"optim.epochs \(--epochs\): expected int"):
         load_config(tmp_path / "bad2.yaml")
     with pytest.raises(ConfigError, match="unknown key 'data.size'"):
         apply_overrides(TrainConfig(), ["data.size=3"])

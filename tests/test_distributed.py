@@ -10,7 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mlic.evaluation import evaluate_checkpoint
+from mlic.evaluation.evaluate import evaluate_checkpoint
+from mlic.evaluation.scoring import BatchOptions
 
 DRIVER = """
 import os, sys
@@ -21,7 +22,7 @@ train, val, out, dump = sys.argv[1:5]
 result = mlic.train(train, val=val, image_size=32, epochs=2, batch_size=8, output_dir=out, name="ddp",
                     device="cpu", progress=False, report=False, num_workers=0, precision="fp32")
 rank = int(os.environ["RANK"])
-save_file({k: v.contiguous() for k, v in result.model.state_dict().items()}, f"{dump}/rank{rank}.safetensors")
+save_file({k: v.contiguous() for k, v in result.last_model.state_dict().items()}, f"{dump}/rank{rank}.safetensors")
 """
 
 
@@ -79,7 +80,9 @@ def test_distributed_metrics_equal_single_process(ddp_run):
     tmp, val, _ = ddp_run
     run = tmp / "runs" / "ddp"
     last = list(csv.DictReader((run / "metrics.csv").read_text().splitlines()))[-1]
-    report = evaluate_checkpoint(run / "checkpoints" / "last", val, device="cpu", num_workers=0, progress=False)
+    report = evaluate_checkpoint(
+        run / "checkpoints" / "last", val, batch=BatchOptions(device="cpu", num_workers=0, progress=False)
+    )
     assert report["num_images"] == 23
     assert float(last["val_mAP"]) == pytest.approx(report["mAP"], abs=1e-9)
     assert float(last["val_f1_micro"]) == pytest.approx(report["at_threshold_0.5"]["f1_micro"], abs=1e-9)
@@ -92,7 +95,7 @@ def test_torchrun_predict_shards_and_merges_in_order(ddp_run, tiny_shapes, tmp_p
     images = tiny_shapes["test"].parent / "images" / "test"
     (tmp_path / "broken.png").write_text("not an image")  # errors keep their place in the merged order too
     inputs = [str(images), str(tmp_path / "broken.png")]
-    predict = ["-m", "mlic", "predict", str(ckpt), *inputs, "--format", "csv", "--device", "cpu", "--output"]
+    predict = ["-m", "mlic", "predict", str(ckpt), *inputs, "--to", "csv", "--device", "cpu", "--output"]
     single, merged = tmp_path / "single.csv", tmp_path / "merged.csv"
     assert subprocess.run([sys.executable, *predict, str(single)], capture_output=True).returncode == 0
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]

@@ -5,13 +5,14 @@ import copy
 import pytest
 import torch
 from torch import nn
+from training import run_epoch
 
 from mlic.data.dataset import Batch
 from mlic.engine.ema import ModelEma
-from mlic.engine.loop import NonFiniteLossError, StepOptions, train_one_epoch
-from mlic.engine.optim import build_optimizer, build_scheduler, param_groups
-from mlic.engine.precision import resolve_precision
-from mlic.losses import build_loss
+from mlic.engine.loop import NonFiniteLossError
+from mlic.engine.optim import build_optimizer, param_groups
+from mlic.engine.schedule import LrSchedule
+from mlic.runtime.precision import resolve_precision
 
 CPU = torch.device("cpu")
 
@@ -35,15 +36,14 @@ def test_gradient_accumulation_equals_one_big_batch():
     big, small = _linear(), _linear()
     opt_big = torch.optim.SGD(big.parameters(), lr=0.5)
     opt_small = torch.optim.SGD(small.parameters(), lr=0.5)
-    loss = build_loss("bce")
-    train_one_epoch(big, [_batch(x, y)], loss, opt_big, CPU, epoch=1, progress=False)
+    run_epoch(big, [_batch(x, y)], opt_big)
     halves = [_batch(x[:4], y[:4]), _batch(x[4:], y[4:])]
-    train_one_epoch(small, halves, loss, opt_small, CPU, epoch=1, opts=StepOptions(accum_steps=2), progress=False)
+    run_epoch(small, halves, opt_small, accum_steps=2)
     for a, b in zip(big.parameters(), small.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
     # without accumulation, two steps of 4 land somewhere else
     other = _linear()
-    train_one_epoch(other, halves, loss, torch.optim.SGD(other.parameters(), lr=0.5), CPU, epoch=1, progress=False)
+    run_epoch(other, halves, torch.optim.SGD(other.parameters(), lr=0.5))
     assert not torch.allclose(other[1].weight, big[1].weight, atol=1e-6)
 
 
@@ -54,71 +54,80 @@ def test_nan_batch_leaves_weights_untouched_and_repeated_nans_stop():
     bad_x = x.clone()
     bad_x[0, 0, 0, 0] = float("nan")
     opt = torch.optim.Adam(model.parameters(), lr=0.1)
-    stats = train_one_epoch(model, [_batch(bad_x, y)], build_loss("bce"), opt, CPU, epoch=1, progress=False)
+    stats = run_epoch(model, [_batch(bad_x, y)], opt)
     assert stats.skipped_steps == 1
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
     with pytest.raises(NonFiniteLossError, match="3 non-finite losses in a row"):
-        train_one_epoch(
-            model,
-            [_batch(bad_x, y)] * 3,
-            build_loss("bce"),
-            opt,
-            CPU,
-            epoch=1,
-            opts=StepOptions(max_bad_steps=3),
-            progress=False,
-        )
+        run_epoch(model, [_batch(bad_x, y)] * 3, opt, max_bad_steps=3)
 
 
 def test_gradient_clipping_bounds_the_update():
     x, y = _data()
     free, clipped = _linear(), _linear()
     w0 = free[1].weight.detach().clone()
-    loss = build_loss("bce")
-    train_one_epoch(
-        free, [_batch(x * 100, y)], loss, torch.optim.SGD(free.parameters(), lr=1.0), CPU, epoch=1, progress=False
-    )
-    train_one_epoch(
-        clipped,
-        [_batch(x * 100, y)],
-        loss,
-        torch.optim.SGD(clipped.parameters(), lr=1.0),
-        CPU,
-        epoch=1,
-        opts=StepOptions(clip_grad=0.01),
-        progress=False,
-    )
+    run_epoch(free, [_batch(x * 100, y)], torch.optim.SGD(free.parameters(), lr=1.0))
+    run_epoch(clipped, [_batch(x * 100, y)], torch.optim.SGD(clipped.parameters(), lr=1.0), clip_grad=0.01)
     step_free = torch.cat([(p - q).flatten() for p, q in zip(free[1].parameters(), [w0], strict=False)]).norm()
     step_clipped = (clipped[1].weight - w0).norm()
     assert step_clipped <= 0.01 + 1e-6 < step_free
 
 
+def _rates(schedule: LrSchedule, optimizer, steps: int) -> list[float]:
+    """The rate of each optimizer step, as the loop applies them."""
+    schedule.apply(optimizer)
+    rates = []
+    for _ in range(steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.advance(optimizer)
+    return rates
+
+
 def test_schedules_shape_the_learning_rate():
     model = _linear()
     opt = build_optimizer(model, "adamw", lr=1.0)
-    sched = build_scheduler(opt, "cosine", total_steps=20, warmup_steps=5)
-    lrs = []
-    for _ in range(20):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
+    lrs = _rates(LrSchedule("cosine", 20, [1.0, 1.0], warmup_steps=5), opt, 20)
     assert lrs[0] < lrs[4] and max(lrs) == pytest.approx(1.0, abs=0.05)
     assert lrs[-1] < 0.05 and all(a >= b for a, b in zip(lrs[5:], lrs[6:], strict=False))
     opt = build_optimizer(model, "sgd", lr=1.0)
-    sched = build_scheduler(opt, "onecycle", total_steps=20)
-    seen = []
-    for _ in range(20):
-        seen.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
+    seen = _rates(LrSchedule("onecycle", 20, [1.0, 1.0]), opt, 20)
     assert seen[0] < max(seen) and seen[-1] < max(seen) / 10
     opt = build_optimizer(model, "adam", lr=0.3)
-    sched = build_scheduler(opt, "constant", total_steps=5)
-    for _ in range(5):
-        opt.step()
-        sched.step()
-    assert opt.param_groups[0]["lr"] == 0.3
+    assert _rates(LrSchedule("constant", 5, [0.3, 0.3]), opt, 5) == [0.3] * 5
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_onecycle_equals_torch_onecyclelr(name):
+    """The plan-as-data schedule reproduces torch's OneCycleLR (rates and momentum), which it replaced."""
+    torch.manual_seed(0)
+    a, b = _linear(), _linear()
+    ours, theirs = build_optimizer(a, name, lr=3e-3), build_optimizer(b, name, lr=3e-3)
+    schedule = LrSchedule("onecycle", 37, [g["lr"] for g in ours.param_groups])
+    reference = torch.optim.lr_scheduler.OneCycleLR(theirs, max_lr=[3e-3, 3e-3], total_steps=38)
+    schedule.apply(ours)
+    for _ in range(37):
+        for g, h in zip(ours.param_groups, theirs.param_groups, strict=True):
+            assert g["lr"] == pytest.approx(h["lr"], rel=1e-12, abs=1e-18)
+            key = "betas" if "betas" in g else "momentum"
+            assert g[key] == pytest.approx(h[key], rel=1e-12)
+        ours.step(), theirs.step()
+        schedule.advance(ours), reference.step()
+
+
+def test_a_replanned_schedule_ends_with_the_new_plan_and_survives_a_state_round_trip():
+    model = _linear()
+    opt = build_optimizer(model, "adamw", lr=3e-3)
+    schedule = LrSchedule("onecycle", 300, [3e-3, 3e-3])
+    _rates(schedule, opt, 25)  # the budget probe's steps, under a 30-epoch plan
+    schedule.replan(30, opt)  # 3 epochs of 10 fit the budget
+    copy_ = LrSchedule("onecycle", 1, [3e-3, 3e-3])
+    copy_.load_state_dict(schedule.state_dict())
+    assert (copy_.total_steps, copy_.step) == (30, 25)
+    lrs = _rates(schedule, opt, 5)
+    assert lrs[-1] < 3e-3 * 1e-2 < lrs[0]  # annealed to ~0 exactly when the planned epochs end
+    with pytest.raises(KeyError):
+        copy_.load_state_dict({"name": "onecycle"})
 
 
 def test_no_weight_decay_on_norms_and_biases():
@@ -135,8 +144,7 @@ def test_ema_tracks_between_start_and_current_weights():
     ema = ModelEma(model, decay=0.9)
     start = model[1].weight.detach().clone()
     x, y = _data()
-    opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    train_one_epoch(model, [_batch(x, y)] * 5, build_loss("bce"), opt, CPU, epoch=1, ema=ema, progress=False)
+    run_epoch(model, [_batch(x, y)] * 5, torch.optim.SGD(model.parameters(), lr=1.0), ema=ema)
     e, now = ema.module[1].weight, model[1].weight
     assert ema.updates == 5
     assert not torch.allclose(e, start) and not torch.allclose(e, now)
@@ -150,77 +158,34 @@ def test_every_precision_mode_runs_on_cpu(name):
     precision = resolve_precision(name, CPU)
     model = build_model("seed_cnn", 3, widths=[8, 8, 16, 16], hidden=16)
     x, y = torch.randn(4, 3, 32, 32), (torch.rand(4, 3) > 0.5).float()
-    opts = StepOptions(precision=precision, channels_last=True)
     model = model.to(memory_format=torch.channels_last)
-    stats = train_one_epoch(
-        model,
-        [_batch(x, y)],
-        build_loss("bce"),
-        torch.optim.Adam(model.parameters()),
-        CPU,
-        epoch=1,
-        opts=opts,
-        progress=False,
+    stats = run_epoch(
+        model, [_batch(x, y)], torch.optim.Adam(model.parameters()), precision=precision, channels_last=True
     )
     assert stats.images == 4 and torch.isfinite(torch.tensor(stats.loss))
     assert precision.name in ("fp32", "bf16", "fp16")
 
 
-def test_time_budget_refits_the_schedule_to_the_epochs_that_fit():
-    from types import SimpleNamespace
-
-    from mlic.config import TrainConfig
+def test_time_budget_plans_the_epochs_that_fit():
     from mlic.engine.budget import BUDGET_TOLERANCE, fit_to_budget
-    from mlic.engine.optim import build_scheduler
 
-    cfg = TrainConfig()
-    cfg.optim.schedule, cfg.optim.epochs, cfg.max_minutes = "onecycle", 30, 5.0
-    param = torch.nn.Parameter(torch.zeros(1))
-    optimizer = torch.optim.AdamW([param], lr=3e-3)
-    t = SimpleNamespace(optimizer=optimizer, scheduler=build_scheduler(optimizer, "onecycle", total_steps=300))
-    for _ in range(25):  # the probe's steps, taken under the 30-epoch schedule
-        optimizer.step()
-        t.scheduler.step()
     # 100 s per epoch in a 5-minute budget: 3 epochs, 3.3 with the overrun tolerance, so still 3
     assert BUDGET_TOLERANCE * 300 // 100 == 3
-    assert fit_to_budget(t, cfg, steps_per_epoch=10, epochs=30, epoch_seconds=100.0, steps_done=25) == 3
-    lrs = []
-    for _ in range(30 - 25):  # the rest of the 3 planned epochs
-        optimizer.step()
-        t.scheduler.step()
-        lrs.append(optimizer.param_groups[0]["lr"])
-    assert lrs[-1] < 3e-3 * 1e-3  # annealed to ~0 exactly when the planned epochs end
+    assert fit_to_budget(5.0, epochs=30, epoch_seconds=100.0) == 3
     # a budget that holds all configured epochs leaves them alone
-    assert fit_to_budget(t, cfg, steps_per_epoch=10, epochs=2, epoch_seconds=100.0, steps_done=0) == 2
+    assert fit_to_budget(5.0, epochs=2, epoch_seconds=100.0) == 2
 
 
-def test_slower_epochs_shorten_the_schedule_instead_of_cutting_it_off():
-    from types import SimpleNamespace
-
-    from mlic.config import TrainConfig
+def test_slower_or_faster_epochs_change_the_plan():
     from mlic.engine.budget import refit_to_budget
-    from mlic.engine.optim import build_scheduler
 
-    cfg = TrainConfig()
-    cfg.optim.schedule, cfg.max_minutes = "onecycle", 5.0  # 330 s with the tolerance
-    param = torch.nn.Parameter(torch.zeros(1))
-    optimizer = torch.optim.AdamW([param], lr=3e-3)
-    t = SimpleNamespace(optimizer=optimizer, scheduler=build_scheduler(optimizer, "onecycle", total_steps=50))
-    for _ in range(20):  # two epochs of 10 steps under a 5-epoch plan
-        optimizer.step()
-        t.scheduler.step()
-    # epochs took 100 s, not the ~60 s planned: one more fits, and the schedule now ends with it
-    assert refit_to_budget(t, cfg, 10, epoch=2, planned=5, elapsed=200.0, epochs_run=2) == 3
-    for _ in range(10):
-        optimizer.step()
-        t.scheduler.step()
-    assert optimizer.param_groups[0]["lr"] < 3e-3 * 1e-3  # annealed at the new end
+    # 5 min = 330 s with the tolerance. Epochs took 100 s, not the ~60 s planned: one more fits
+    assert refit_to_budget(5.0, 30, epoch=2, planned=5, elapsed=200.0, epochs_run=2) == 3
     # no room for another epoch: stop (the answer is the epoch just done)
-    assert refit_to_budget(t, cfg, 10, epoch=2, planned=5, elapsed=280.0, epochs_run=2) == 2
+    assert refit_to_budget(5.0, 30, epoch=2, planned=5, elapsed=280.0, epochs_run=2) == 2
     # faster than planned: more epochs (6 = 2 + 280 // 50), up to the configured ones
-    assert refit_to_budget(t, cfg, 10, epoch=2, planned=4, elapsed=100.0, epochs_run=2) == 6
-    cfg.optim.epochs = 5
-    assert refit_to_budget(t, cfg, 10, epoch=2, planned=4, elapsed=100.0, epochs_run=2) == 5
+    assert refit_to_budget(5.0, 30, epoch=2, planned=4, elapsed=100.0, epochs_run=2) == 6
+    assert refit_to_budget(5.0, 5, epoch=2, planned=4, elapsed=100.0, epochs_run=2) == 5
 
 
 def test_budget_probe_skips_warm_up_steps_and_short_epochs():

@@ -16,8 +16,10 @@ from PIL import Image
 from mlic.checkpoint import read_meta, save_checkpoint
 from mlic.cli import main
 from mlic.data.images import decode_image
-from mlic.data.transforms import Preprocessing
-from mlic.inference import Predictor, build_uint8_eval_transform, expand_inputs, load_predictor
+from mlic.data.transforms import Preprocessing, build_stage_transform
+from mlic.inference.inputs import expand_inputs
+from mlic.inference.load import load_predictor
+from mlic.inference.predictor import Predictor
 from mlic.models import build_model
 
 if os.environ.get("CI") == "true":  # in CI a missing extra must fail, never skip
@@ -27,8 +29,8 @@ else:
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
 
-from mlic.export import ExportError, read_export_metadata  # noqa: E402
-from mlic.onnx_predictor import OnnxPredictor  # noqa: E402
+from mlic.inference.export import ExportError, read_export_metadata  # noqa: E402
+from mlic.inference.onnx_predictor import OnnxPredictor  # noqa: E402
 
 CLASSES = ["cat", "dog", "grass", "sky", "car", "tree"]
 SIZE = 32
@@ -62,8 +64,8 @@ def exported(tmp_path_factory):
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(images / f"{i}.png")
     (images / "broken.jpg").write_text("not an image")
     onnx_path, ts_path = root / "model.onnx", root / "model.pt"
-    assert main(["export", str(ckpt), "--format", "onnx", str(onnx_path)]) == 0
-    assert main(["export", str(ckpt), "--format", "torchscript", str(ts_path)]) == 0
+    assert main(["export", str(ckpt), str(onnx_path)]) == 0
+    assert main(["export", str(ckpt), "--to", "torchscript", str(ts_path)]) == 0
     return {"root": root, "ckpt": ckpt, "images": images, "onnx": onnx_path, "torchscript": ts_path}
 
 
@@ -113,7 +115,7 @@ def test_torchscript_parity_with_the_checkpoint(exported):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit deprecation
         module = torch.jit.load(str(exported["torchscript"]))
-    probs = module(_uint8_batch(exported, build_uint8_eval_transform(predictor.preprocessing))).detach().numpy()
+    probs = module(_uint8_batch(exported, build_stage_transform(predictor.preprocessing))).detach().numpy()
     ref = np.array([[p.probabilities[n] for n in CLASSES] for p in reference if p.error is None])
     assert np.abs(probs - ref).max() <= 1e-4
     labels = [[n for n, on in zip(CLASSES, row >= predictor.thresholds, strict=True) if on] for row in probs]
@@ -137,7 +139,7 @@ def test_predict_through_onnx_gives_the_checkpoint_labels(exported, tmp_path, ca
     outs = {}
     for name in ("ckpt", "onnx"):
         out = tmp_path / f"{name}.csv"
-        args = ["predict", str(exported[name]), str(exported["images"]), "--format", "csv", "--output", str(out)]
+        args = ["predict", str(exported[name]), str(exported["images"]), "--to", "csv", "--output", str(out)]
         assert main([*args, "--device", "cpu", "--no-progress"]) == 0
         outs[name] = [(r["path"], r["labels"], bool(r["error"])) for r in csv.DictReader(out.open())]
     assert outs["onnx"] == outs["ckpt"] and len(outs["ckpt"]) == 8
@@ -156,14 +158,14 @@ def test_onnx_without_mlic_metadata_is_refused(exported, tmp_path):
 
 def test_float32_input_option_torchscript(exported, tmp_path):
     out = tmp_path / "float.pt"
-    assert main(["export", str(exported["ckpt"]), "--format", "torchscript", str(out), "--input-dtype", "float32"]) == 0
+    assert main(["export", str(exported["ckpt"]), "--to", "torchscript", str(out), "--input-dtype", "float32"]) == 0
     predictor = Predictor.from_checkpoint(exported["ckpt"], device="cpu")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         module = torch.jit.load(str(out))
-    uint8 = _uint8_batch(exported, build_uint8_eval_transform(predictor.preprocessing))
+    uint8 = _uint8_batch(exported, build_stage_transform(predictor.preprocessing))
     float_in = uint8.float() / 255.0
-    expected = predictor.predict_probabilities(_uint8_batch(exported, predictor.transform))
+    expected = predictor.predict_probabilities(_uint8_batch(exported, predictor.loader.transform))
     assert np.abs(module(float_in).detach().numpy() - expected).max() <= 1e-4
     assert read_export_metadata(out)["input"]["range"] == "0..1"
 
@@ -171,7 +173,7 @@ def test_float32_input_option_torchscript(exported, tmp_path):
 @pytest.mark.slow
 def test_float32_input_option_onnx(exported, tmp_path):
     out = tmp_path / "float.onnx"
-    assert main(["export", str(exported["ckpt"]), "--format", "onnx", str(out), "--input-dtype", "float32"]) == 0
+    assert main(["export", str(exported["ckpt"]), "--to", "onnx", str(out), "--input-dtype", "float32"]) == 0
     _, reference = _reference(exported)
     got = list(OnnxPredictor.from_file(out).predict_paths(expand_inputs([exported["images"]])))
     assert [p.labels for p in got] == [p.labels for p in reference]
@@ -189,8 +191,4 @@ def test_export_help_has_worked_examples(capsys):
     with pytest.raises(SystemExit):
         main(["export", "--help"])
     out = capsys.readouterr().out
-    assert "examples:" in out and "--format onnx" in out
-    from mlic import export
-    from mlic.cli import export as cli_export
-
-    assert (cli_export.FORMATS, cli_export.INPUT_DTYPES) == (export.FORMATS, export.INPUT_DTYPES)
+    assert "examples:" in out and "model.onnx" in out and "--to" in out

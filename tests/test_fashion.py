@@ -13,8 +13,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mlic.cli.data_fashion import add_parser
-from mlic.data.fashion import FASHION_CLASSES, find_fashion_mnist, load_fashion_mnist, make_fashion_collages, read_idx
+from mlic.cli import Parser
+from mlic.cli.data_fashion import register
+from mlic.data.builders.fashion import (
+    FASHION_CLASSES,
+    find_fashion_mnist,
+    load_fashion_mnist,
+    make_fashion_collages,
+    read_idx,
+)
 from mlic.data.readers import read_records
 from mlic.data.records import DataError
 
@@ -299,8 +306,8 @@ def test_bad_parameters_and_too_few_garments(fake_idx, tmp_path):
 
 
 def _data_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mlic data")
-    add_parser(parser.add_subparsers(dest="data_command", required=True))
+    parser = Parser(prog="mlic data")
+    register(parser.add_subparsers(dest="data_command", required=True))
     return parser
 
 

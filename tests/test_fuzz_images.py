@@ -25,8 +25,9 @@ from timeouts import hard_timeout
 from mlic.data.dataset import MultiLabelDataset
 from mlic.data.images import decode_image
 from mlic.data.labels import build_vocabulary
-from mlic.data.loader import build_loader, load_records
+from mlic.data.loader import build_loader
 from mlic.data.scan import scan_images
+from mlic.data.sources import load_records
 from mlic.data.transforms import Preprocessing, batch_inputs, build_eval_pipeline
 
 # Far below the default so that a flipped size byte cannot make a worker allocate gigabytes; the

@@ -9,8 +9,8 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 
 def test_train_on_cuda_auto_precision_then_predict_on_cpu(tiny_shapes, tmp_path):
-    from mlic.engine.precision import resolve_precision
-    from mlic.inference import Predictor
+    from mlic.inference.predictor import Predictor
+    from mlic.runtime.precision import resolve_precision
 
     assert resolve_precision("auto", torch.device("cuda")).name in ("bf16", "fp16")
     args = ["train", str(tiny_shapes["train"]), "--val", str(tiny_shapes["val"]), "--image-size", "32",
@@ -26,11 +26,11 @@ def test_train_on_cuda_auto_precision_then_predict_on_cpu(tiny_shapes, tmp_path)
 
 
 def test_every_precision_trains_on_cuda():
+    from training import run_epoch
+
     from mlic.data.dataset import Batch
-    from mlic.engine.loop import StepOptions, train_one_epoch
-    from mlic.engine.precision import resolve_precision
-    from mlic.losses import build_loss
     from mlic.models import build_model
+    from mlic.runtime.precision import resolve_precision
 
     device = torch.device("cuda")
     for name in ("fp32", "bf16", "fp16"):
@@ -39,15 +39,6 @@ def test_every_precision_trains_on_cuda():
         scaler = torch.amp.GradScaler("cuda") if precision.use_scaler else None
         x, y = torch.randn(8, 3, 64, 64), (torch.rand(8, 3) > 0.5).float()
         batch = Batch(x, y, torch.ones_like(y), torch.arange(8), [])
-        opts = StepOptions(precision=precision, channels_last=True, scaler=scaler)
-        stats = train_one_epoch(
-            model,
-            [batch] * 3,
-            build_loss("bce"),
-            torch.optim.Adam(model.parameters()),
-            device,
-            epoch=1,
-            opts=opts,
-            progress=False,
-        )
+        stats = run_epoch(model, [batch] * 3, torch.optim.Adam(model.parameters()), device=device,
+                          precision=precision, channels_last=True, scaler=scaler)  # fmt: skip
         assert stats.images == 24 and stats.skipped_steps == 0, name

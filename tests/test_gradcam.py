@@ -13,7 +13,7 @@ from torch import nn
 from mlic.checkpoint import save_checkpoint
 from mlic.cli import main
 from mlic.data.transforms import Preprocessing
-from mlic.gradcam import find_target_layer, gradcam
+from mlic.insight.gradcam import find_target_layer, gradcam
 from mlic.models.seed_cnn import SeedCNN
 
 
@@ -158,7 +158,7 @@ def checkpoint(tmp_path_factory) -> str:
 def test_explain_writes_one_overlay_per_label(checkpoint, tiny_shapes, tmp_path, capsys):
     from PIL import Image
 
-    from mlic.inference import Predictor
+    from mlic.inference.predictor import Predictor
 
     image = str(tiny_shapes["test"].parent / "images" / "test" / "00000.png")
     out = tmp_path / "maps"
@@ -234,7 +234,7 @@ def test_gradcam_finds_each_object_on_trained_demo_scenes(tmp_path):
     A map shows the model's evidence, which can be wrong where the model is: in a typical run 1 map in 30
     sits on the neighbouring object (a triangle scored from a square's straight edges), so 90% must hit.
     """
-    from mlic.data.synthetic import CLASSES, make_shapes_dataset
+    from mlic.data.builders.synthetic import CLASSES, make_shapes_dataset
     from mlic.data.transforms import build_eval_transform
 
     size = 48

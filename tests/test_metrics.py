@@ -1,4 +1,4 @@
-"""mlic.metrics against scikit-learn: random cases with ties, edge cases, and unknown (masked) labels."""
+"""mlic.evaluation.metrics against scikit-learn: random cases with ties, edge cases, and unknown (masked) labels."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from mlic.metrics import average_precision, compute_metrics, predict_labels, roc_auc
+from mlic.evaluation.metrics import average_precision, compute_metrics, predict_labels, roc_auc
 
 # Our code must not emit numpy divide-by-zero or sklearn warnings; expected sklearn ones are silenced locally.
 pytestmark = pytest.mark.filterwarnings("error")

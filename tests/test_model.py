@@ -59,7 +59,7 @@ def test_unknown_model_name_is_a_clear_error():
 
 
 def test_folding_batchnorm_keeps_outputs_and_removes_every_norm(tiny_checkpoint):
-    from mlic.inference import Predictor
+    from mlic.inference.predictor import Predictor
     from mlic.models.fold import count_batchnorm, fold_batchnorm
 
     torch.manual_seed(0)

@@ -4,13 +4,14 @@ import csv
 
 import torch
 import torch.nn.functional as F
+from training import run_epoch
 
 from mlic.data.dataset import MultiLabelDataset
 from mlic.data.labels import build_vocabulary
 from mlic.data.loader import build_loader
 from mlic.data.records import Record
 from mlic.data.transforms import Preprocessing, batch_inputs, build_eval_pipeline
-from mlic.engine.loop import Span, train_one_epoch
+from mlic.engine.loop import Span
 from mlic.losses import build_loss
 from mlic.models import build_model
 
@@ -38,16 +39,7 @@ def _train(records, class_names, steps=3):
     ds = MultiLabelDataset(records, class_names, build_eval_pipeline(Preprocessing(image_size=32)))
     loader = build_loader(ds, batch_size=16, shuffle=False, num_workers=0)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    stats = train_one_epoch(
-        model,
-        loader,
-        build_loss("bce"),
-        opt,
-        torch.device("cpu"),
-        epoch=1,
-        span=Span(0, steps, len(loader)),
-        progress=False,
-    )
+    stats = run_epoch(model, loader, opt, span=Span(0, steps, len(loader)), pre=ds.pipeline.pre)
     return model, stats, ds
 
 

@@ -14,10 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
-from mlic.batch_predict import OutputOptions, write_predictions
 from mlic.checkpoint import save_checkpoint
 from mlic.cli import main
-from mlic.inference import Predictor, expand_inputs, iter_inputs
+from mlic.inference.batch_predict import OutputOptions, write_predictions
+from mlic.inference.inputs import expand_inputs, iter_inputs
+from mlic.inference.predictor import Predictor
 from mlic.models import build_model
 
 CLASSES = ["a", "b", "c", "d", "e"]
@@ -87,7 +88,7 @@ def test_list_files_txt_and_csv_give_the_same_predictions(setup, tmp_path):
         "bare": ["--list", str(setup["root"] / "bare.csv")],
     }.items():
         out = tmp_path / f"{name}.csv"
-        assert predict(setup, *args, "--format", "csv", "--output", str(out)) == 0
+        assert predict(setup, *args, "--to", "csv", "--output", str(out)) == 0
         outs[name] = out.read_text()
     assert len(outs["direct"].splitlines()) == 1 + len(paths)
     assert outs["txt"] == outs["csv"] == outs["bare"] == outs["direct"]
@@ -99,7 +100,7 @@ def test_csv_jsonl_json_agree_with_the_predictor_and_report_unreadable_files(set
     capsys.readouterr()
     for fmt in ("csv", "jsonl", "json"):
         out = tmp_path / f"p.{fmt}"
-        assert predict(setup, str(setup["folder"]), "--format", fmt, "--output", str(out), "--probabilities") == 0
+        assert predict(setup, str(setup["folder"]), "--to", fmt, "--output", str(out), "--probabilities") == 0
         err = capsys.readouterr().err
         assert "23 image(s)" in err and "1 unreadable" in err
         if fmt == "csv":
@@ -120,7 +121,7 @@ def test_csv_jsonl_json_agree_with_the_predictor_and_report_unreadable_files(set
 def test_summary_counts_unreadable_files(setup, tmp_path, capsys):
     missing = setup["root"] / "nope.png"
     out = tmp_path / "p.jsonl"
-    assert predict(setup, str(setup["folder"]), str(missing), "--format", "jsonl", "--output", str(out)) == 0
+    assert predict(setup, str(setup["folder"]), str(missing), "--to", "jsonl", "--output", str(out)) == 0
     err = capsys.readouterr().err
     assert "24 image(s)" in err and "2 unreadable" in err
     records = [json.loads(line) for line in out.read_text().splitlines()]
@@ -131,7 +132,7 @@ def test_summary_counts_unreadable_files(setup, tmp_path, capsys):
 
 def test_top_k_lists_the_most_probable_classes_whatever_the_thresholds(setup, tmp_path):
     out = tmp_path / "p.jsonl"
-    args = ("--format", "jsonl", "--output", str(out), "--top-k", "3", "--probabilities", "--threshold", "1.01")
+    args = ("--to", "jsonl", "--output", str(out), "--top-k", "3", "--probabilities", "--threshold", "1.01")
     assert predict(setup, str(setup["folder"]), *args) == 0
     for record in map(json.loads, out.read_text().splitlines()):
         if record["error"]:
@@ -143,7 +144,7 @@ def test_top_k_lists_the_most_probable_classes_whatever_the_thresholds(setup, tm
         assert top == sorted(probs, key=lambda n: -probs[n])[:3]
         assert [t["probability"] for t in record["top_k"]] == [probs[n] for n in top]
     csv_out = tmp_path / "p.csv"
-    assert predict(setup, str(setup["images"][0]), "--format", "csv", "--output", str(csv_out), "--top-k", "2") == 0
+    assert predict(setup, str(setup["images"][0]), "--to", "csv", "--output", str(csv_out), "--top-k", "2") == 0
     row = next(csv.DictReader(csv_out.open()))
     assert list(row) == ["path", "labels", "error", "top1", "top1_p", "top2", "top2_p"]
     assert row["top1"] in CLASSES and float(row["top1_p"]) >= float(row["top2_p"])
@@ -158,8 +159,8 @@ def test_workers_keep_input_order(setup, tmp_path):
 
 
 def test_cli_formats_match_the_library():
-    from mlic import batch_predict
     from mlic.cli import predict as cli_predict
+    from mlic.inference import batch_predict
 
     assert cli_predict.FORMATS == batch_predict.FORMATS
 
@@ -174,7 +175,7 @@ def test_empty_inputs_are_an_error(setup, tmp_path, capsys):
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
 @pytest.mark.parametrize("complete_rows", [0, 5, 8, 23])
 def test_resume_after_an_interrupt_equals_an_uninterrupted_run(setup, tmp_path, fmt, complete_rows):
-    args = [str(setup["folder"]), "--format", fmt, "--batch-size", "4", "--probabilities", "--top-k", "2"]
+    args = [str(setup["folder"]), "--to", fmt, "--batch-size", "4", "--probabilities", "--top-k", "2"]
     full = tmp_path / f"full.{fmt}"
     assert predict(setup, *args, "--output", str(full)) == 0
     lines = full.read_text().splitlines(keepends=True)
@@ -189,7 +190,7 @@ def test_resume_after_an_interrupt_equals_an_uninterrupted_run(setup, tmp_path, 
 
 
 def test_resume_of_a_half_written_csv_header_starts_afresh(setup, tmp_path):
-    args = [str(setup["folder"]), "--format", "csv"]
+    args = [str(setup["folder"]), "--to", "csv"]
     full, cut = tmp_path / "full.csv", tmp_path / "cut.csv"
     assert predict(setup, *args, "--output", str(full)) == 0
     cut.write_text(full.read_text()[:10])
@@ -200,14 +201,12 @@ def test_resume_of_a_half_written_csv_header_starts_afresh(setup, tmp_path):
 def test_resume_refuses_other_columns_and_skips_by_path_when_inputs_changed(setup, tmp_path, capsys):
     out = tmp_path / "p.csv"
     images = setup["images"]
-    assert predict(setup, *map(str, images[:5]), "--format", "csv", "--output", str(out)) == 0
-    assert (
-        predict(setup, *map(str, images[:5]), "--format", "csv", "--output", str(out), "--resume", "--top-k", "1") == 2
-    )
+    assert predict(setup, *map(str, images[:5]), "--to", "csv", "--output", str(out)) == 0
+    assert predict(setup, *map(str, images[:5]), "--to", "csv", "--output", str(out), "--resume", "--top-k", "1") == 2
     assert "columns differ" in capsys.readouterr().err
     # Inputs now start with a new image: the 5 rows already written are kept and not redone.
     reordered = [images[7], *images[:7], images[8]]
-    assert predict(setup, *map(str, reordered), "--format", "csv", "--output", str(out), "--resume") == 0
+    assert predict(setup, *map(str, reordered), "--to", "csv", "--output", str(out), "--resume") == 0
     err = capsys.readouterr().err
     assert "5 already in the output" in err and "4 image(s) in" in err
     rows = [r["path"] for r in csv.DictReader(out.open())]
@@ -226,7 +225,7 @@ MEMORY_SCRIPT = textwrap.dedent(
     import resource, sys, time
     from mlic.cli import main
     t = time.perf_counter()
-    code = main(["predict", sys.argv[1], sys.argv[2], "--format", "csv", "--output", sys.argv[3], "--probabilities",
+    code = main(["predict", sys.argv[1], sys.argv[2], "--to", "csv", "--output", sys.argv[3], "--probabilities",
                  "--batch-size", "64", "--device", "cpu", "--no-progress"])
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter() - t, code)
     """

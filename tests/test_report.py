@@ -14,10 +14,10 @@ import pytest
 from mlic.checkpoint import save_checkpoint
 from mlic.cli import main
 from mlic.data.transforms import Preprocessing
-from mlic.metrics import compute_metrics
+from mlic.evaluation.metrics import compute_metrics
+from mlic.evaluation.prediction_files import load_predictions, save_predictions
+from mlic.insight.report import build_report, calibration_bins, pr_curve
 from mlic.models.seed_cnn import SeedCNN
-from mlic.predictions_io import load_predictions, save_predictions
-from mlic.report import build_report, calibration_bins, pr_curve
 
 # --no-report: each test builds the report it checks itself, so training need not write one too
 TRAIN = ["--image-size", "32", "--epochs", "1", "--batch-size", "16", "--no-progress", "--device", "cpu", "--no-report"]
@@ -53,11 +53,14 @@ def test_report_of_a_finished_run_on_new_data(run_dir, tiny_shapes, capsys):
     assert (run_dir / "report.html").stat().st_size < 3_000_000
 
     # the predictions it saved are exactly what `mlic evaluate` measures on the same data
-    from mlic.evaluation import evaluate_checkpoint
+    from mlic.evaluation.evaluate import evaluate_checkpoint
+    from mlic.evaluation.scoring import BatchOptions
 
     saved = load_predictions(run_dir / "predictions" / "data_test.npz")
     again = compute_metrics(saved["probs"], saved["targets"], saved["masks"], saved["thresholds"])
-    reference = evaluate_checkpoint(run_dir / "checkpoints" / "best", data, device="cpu", progress=False)
+    reference = evaluate_checkpoint(
+        run_dir / "checkpoints" / "best", data, batch=BatchOptions(device="cpu", progress=False)
+    )
     assert again["mAP"] == pytest.approx(reference["mAP"], abs=1e-9)
     assert again["f1_micro"] == pytest.approx(reference["f1_micro"], abs=1e-9)
     assert f"{reference['mAP']:.4f}" in page
@@ -71,7 +74,8 @@ def test_report_rebuilds_from_saved_predictions_alone(run_dir, tiny_shapes, tmp_
     def no_model_runs(*args, **kwargs):
         raise AssertionError("the report must not predict again")
 
-    monkeypatch.setattr("mlic.engine.loop.evaluate", no_model_runs)
+    monkeypatch.setattr("mlic.evaluation.scoring.score_loader", no_model_runs)
+    monkeypatch.setattr("mlic.insight.report.score_checkpoint", no_model_runs)
     out = build_report(run_dir, tmp_path / "again.html", predictions=saved)
     page = _html(out)
     assert 'id="per-class-table"' in page and "labelled data test" in page
@@ -240,7 +244,7 @@ def test_pr_curve_and_calibration_numbers():
 
 def test_tensorboard_writer_logs_each_number(tmp_path, monkeypatch):
     from mlic.config import ConfigError
-    from mlic.tensorboard_log import TensorboardWriter
+    from mlic.engine.tensorboard_log import TensorboardWriter
 
     logged = []
 

@@ -130,9 +130,13 @@ def test_interrupted_write_leaves_previous_checkpoint(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert read_meta(ckpt)["epoch"] == 1  # the partial one (.last.tmp) is ignored
     load_checkpoint(ckpt)
-    # a crash between the two renames of the swap: the complete predecessor is recovered
+    # a crash between the two renames of the swap: readers read the complete predecessor where it lies and never
+    # rename (a concurrent save would fail); the next save recovers it and replaces it
     ckpt.rename(tmp_path / ".last.old")
-    assert read_meta(ckpt)["epoch"] == 1 and ckpt.is_dir()
+    assert read_meta(ckpt)["epoch"] == 1 and load_checkpoint(ckpt)[1]["epoch"] == 1
+    assert not ckpt.exists() and (tmp_path / ".last.old").is_dir()
+    save_checkpoint(ckpt, _tiny_model(), META | {"epoch": 3})
+    assert read_meta(ckpt)["epoch"] == 3 and not (tmp_path / ".last.old").exists()
 
 
 class _Payload:

@@ -24,8 +24,8 @@ else:
 from fastapi.testclient import TestClient  # noqa: E402
 
 from mlic.cli import build_parser  # noqa: E402
-from mlic.inference import Predictor  # noqa: E402
-from mlic.serve import create_app  # noqa: E402
+from mlic.inference.predictor import Predictor  # noqa: E402
+from mlic.inference.serve import ServeLimits, create_app  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def images(tiny_shapes) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def client(predictor):
-    with TestClient(create_app(predictor, max_upload_bytes=256 * 1024)) as c:
+    with TestClient(create_app(predictor, ServeLimits(max_upload_mb=0.25))) as c:
         yield c
 
 
@@ -131,7 +131,7 @@ def test_no_file_is_422(client):
 
 
 def test_too_many_files_is_413(predictor, images):
-    with TestClient(create_app(predictor, max_files=2)) as c:
+    with TestClient(create_app(predictor, ServeLimits(max_files=2))) as c:
         r = c.post("/predict", files=[_upload(images[0])] * 3)
     assert r.status_code == 413 and "3 files" in r.json()["detail"]
 
@@ -159,7 +159,7 @@ def test_png_bomb_is_refused_fast_without_decoding(client, size):
 
 
 def test_max_pixels_is_the_servers_own_limit(predictor, images):
-    with TestClient(create_app(predictor, max_pixels=31 * 31)) as c:  # the test images are 32 x 32
+    with TestClient(create_app(predictor, ServeLimits(max_pixels=31 * 31))) as c:  # the test images are 32 x 32
         r = c.post("/predict", files=[_upload(images[0])])
     assert r.status_code == 413 and "max_pixels" in r.json()["detail"]
 
@@ -167,7 +167,7 @@ def test_max_pixels_is_the_servers_own_limit(predictor, images):
 def test_oversize_body_with_content_length_is_413(client):
     r = client.post("/predict", files={"files": ("big.png", b"\0" * 300_000, "image/png")})
     assert r.status_code == 413
-    assert "max_upload_bytes" in r.json()["detail"]
+    assert "--max-upload-mb" in r.json()["detail"]
 
 
 # The start of a well-formed multipart body, so the form parser keeps reading until the limit stops it.
@@ -182,7 +182,7 @@ def test_oversize_chunked_body_is_413(client):
 
     r = client.post("/predict", content=chunks(), headers={"content-type": "multipart/form-data; boundary=b"})
     assert r.status_code == 413
-    assert "max_upload_bytes" in r.json()["detail"]
+    assert "--max-upload-mb" in r.json()["detail"]
 
 
 def _raw_post(app, headers: list[tuple[bytes, bytes]], chunks: list[bytes]) -> tuple[int, int]:
@@ -209,7 +209,7 @@ def _raw_post(app, headers: list[tuple[bytes, bytes]], chunks: list[bytes]) -> t
 
 
 def test_body_limit_reads_no_more_than_it_must(predictor):
-    app = create_app(predictor, max_upload_bytes=100_000)
+    app = create_app(predictor, ServeLimits(max_upload_mb=100_000 / 2**20))
     multipart = [(b"content-type", b"multipart/form-data; boundary=b")]
     chunks = [_PART_HEAD] + [b"x" * 10_000] * 100  # 1 MB in all
     # declared too large: refused before a single byte is read
@@ -255,7 +255,7 @@ class _SlowPredictor:
 
     def __init__(self, real: Predictor) -> None:
         self.class_names, self.thresholds = real.class_names, real.thresholds
-        self.threshold_source, self.transform, self.real = real.threshold_source, real.transform, real
+        self.threshold_source, self.loader, self.real = real.threshold_source, real.loader, real
         self.preprocessing = real.preprocessing
         self.entered, self.release = threading.Event(), threading.Event()
 
@@ -267,7 +267,10 @@ class _SlowPredictor:
 
 def test_requests_beyond_max_in_flight_get_503_with_retry_after(predictor, images):
     slow = _SlowPredictor(predictor)
-    with TestClient(create_app(slow, max_in_flight=1, retry_after_s=2)) as c, ThreadPoolExecutor(1) as pool:
+    with (
+        TestClient(create_app(slow, ServeLimits(max_in_flight=1, retry_after_s=2))) as c,
+        ThreadPoolExecutor(1) as pool,
+    ):
         held = pool.submit(c.post, "/predict", files=[_upload(images[0])])
         assert slow.entered.wait(timeout=30)
         busy = c.post("/predict", files=[_upload(images[1])])
@@ -282,7 +285,7 @@ def test_requests_beyond_max_in_flight_get_503_with_retry_after(predictor, image
 @pytest.mark.parametrize("max_batch", [1, 8])
 def test_concurrent_requests_equal_sequential_ones(predictor, images, max_batch):
     work = images[:16] * 2
-    with TestClient(create_app(predictor, max_batch=max_batch)) as c:
+    with TestClient(create_app(predictor, ServeLimits(max_batch=max_batch))) as c:
         sequential = [c.post("/predict", files=[_upload(p)]).json()["results"][0] for p in images[:16]]
         with ThreadPoolExecutor(16) as pool:
             concurrent = list(pool.map(lambda p: c.post("/predict", files=[_upload(p)]), work))
@@ -316,7 +319,7 @@ def test_cli_defaults_to_loopback(checkpoint):
 
 
 def test_create_app_rejects_nonsense_limits(predictor):
-    with pytest.raises(ValueError, match="max_upload_bytes"):
-        create_app(predictor, max_upload_bytes=0)
-    with pytest.raises(ValueError, match="max_in_flight"):
-        create_app(predictor, max_in_flight=0)
+    with pytest.raises(ValueError, match=r"max_upload_mb \(--max-upload-mb\) must be >= 0.001"):
+        create_app(predictor, ServeLimits(max_upload_mb=0))
+    with pytest.raises(ValueError, match=r"max_in_flight \(--max-in-flight\) must be >= 1"):
+        create_app(predictor, ServeLimits(max_in_flight=0))

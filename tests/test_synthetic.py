@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mlic.data.generated import MANIFEST_NAME
-from mlic.data.synthetic import CLASSES, draw_scene, make_shapes_dataset
+from mlic.data.builders.generated import MANIFEST_NAME
+from mlic.data.builders.synthetic import CLASSES, draw_scene, make_shapes_dataset
 
 TINY = {"num_train": 24, "num_val": 6, "num_test": 6, "image_size": 32, "seed": 3}
 

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from mlic.metrics import compute_metrics
-from mlic.thresholds import ThresholdResult, tune_thresholds
+from mlic.evaluation.metrics import compute_metrics
+from mlic.evaluation.thresholds import ThresholdResult, tune_thresholds
 
 
 def make_split(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -23,7 +23,8 @@ else:
 from safetensors.torch import save_file
 
 from mlic.checkpoint import load_checkpoint, save_checkpoint
-from mlic.models import build_model, load_pretrained, set_backbone_trainable
+from mlic.models import build_model
+from mlic.models.pretrained import load_pretrained, set_backbone_trainable
 from mlic.models.seed_cnn import SeedCNN
 
 SMALL = "mobilenetv3_small_050"  # ~0.6M parameters: fast enough to train a few steps on CPU

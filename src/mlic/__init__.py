@@ -20,38 +20,50 @@ __all__ = ["Predictor", "TrainConfig", "build_model", "evaluate", "load_config",
 
 if TYPE_CHECKING:
     from mlic.config import TrainConfig, load_config
-    from mlic.inference import Predictor
+    from mlic.inference.predictor import Predictor
     from mlic.models import build_model
 
 
-def train(data: str | None = None, *, config: Any = None, overwrite: bool = False, **options: Any):
-    """Train a model; ``options`` are the CLI's flags by name (``epochs``, ``lr``, ``image_size``, ``val``...).
-
-    Returns a ``RunResult`` with the run folder, the best/last checkpoints and the per-epoch history.
+def train(
+    data: str | None = None,
+    *,
+    config: Any = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    overwrite: bool = False,
+    resume: str | None = None,
+    **options: Any,
+):
+    """Train a model; ``options`` are the CLI's flags by their flat names (``epochs``, ``lr``, ``image_size``,
+    ``val``..., every key of ``mlic.config.SETTINGS``), ``overrides`` its ``--set`` strings, ``config`` a
+    ``TrainConfig`` or a YAML file. Returns a ``RunResult`` with the run folder, the best/last checkpoints and
+    the per-epoch history.
     """
-    from mlic.config import TrainConfig, apply_flat, load_config
+    from mlic.config import resolve_config
     from mlic.engine.fit import fit
 
-    if config is None:
-        cfg = TrainConfig()
-    elif isinstance(config, TrainConfig):
-        cfg = config
-    else:
-        cfg = load_config(config)
-    cfg = apply_flat(cfg, train=data, **options)
-    return fit(cfg, overwrite=overwrite)
+    cfg = resolve_config(config, overrides, train=data, **options)
+    return fit(cfg, overwrite=overwrite, resume=resume)
 
 
 def evaluate(checkpoint: Any, data: Any, **options: Any) -> dict[str, Any]:
-    """Metrics of a checkpoint on labelled data; see ``mlic.evaluation.evaluate_checkpoint``."""
-    from mlic.evaluation import evaluate_checkpoint
+    """Metrics of a checkpoint on labelled data (a label file or records), as ``mlic evaluate`` writes them.
 
-    return evaluate_checkpoint(checkpoint, data, **options)
+    ``options``: ``fmt``, ``image_root``, ``label_delimiter``, ``threshold``, and the fields of
+    ``mlic.evaluation.scoring.BatchOptions`` (``device``, ``batch_size``, ``num_workers``, ``progress``).
+    """
+    import dataclasses
+
+    from mlic.evaluation.evaluate import evaluate_checkpoint
+    from mlic.evaluation.scoring import BatchOptions
+
+    batch_keys = {f.name for f in dataclasses.fields(BatchOptions)}
+    batch = BatchOptions(**{k: options.pop(k) for k in list(options) if k in batch_keys})
+    return evaluate_checkpoint(checkpoint, data, batch=batch, **options)
 
 
 def __getattr__(name: str) -> Any:
     if name == "Predictor":
-        from mlic.inference import Predictor
+        from mlic.inference.predictor import Predictor
 
         return Predictor
     if name in ("TrainConfig", "load_config"):

@@ -18,6 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from mlic.errors import UserError
+from mlic.models.unwrap import unwrap_model
+
 FORMAT_NAME = "mlic-checkpoint"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -27,19 +30,8 @@ META_FILE = "meta.json"
 REQUIRED_META = ("format", "version", "model", "class_names", "preprocessing")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """Not a loadable mlic checkpoint; the message names the path and what is wrong."""
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The bare model under DDP (``module.``) and torch.compile (``_orig_mod.``) wrappers."""
-    while True:
-        if hasattr(model, "module") and isinstance(model.module, nn.Module):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
 
 
 def _fsync_dir(path: Path) -> None:
@@ -48,6 +40,11 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
 
 
 def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -64,18 +61,23 @@ def save_checkpoint(
 ) -> Path:
     """Write ``model``'s weights and ``meta`` to folder ``path`` atomically (replacing an old one).
 
-    ``train_state`` (optimizer, schedule, RNG...) and ``ema`` weights make it a resume point.
+    ``train_state`` (optimizer, schedule, RNG...) and ``ema`` weights make it a resume point. Durability
+    order: every weights file reaches the disk before ``meta.json`` (whose presence marks the folder
+    complete), and the folder itself before it is renamed into place.
     """
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _recover(path)
     tmp = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file(_weights(model), tmp / WEIGHTS_FILE)
+    _fsync_file(tmp / WEIGHTS_FILE)
     if ema is not None:
         save_file(_weights(ema), tmp / EMA_FILE)
+        _fsync_file(tmp / EMA_FILE)
     if train_state is not None:
         with open(tmp / STATE_FILE, "wb") as f:
             torch.save(train_state, f)
@@ -88,7 +90,7 @@ def save_checkpoint(
         os.fsync(f.fileno())
     _fsync_dir(tmp)
     # Keep the previous good checkpoint until the new one is complete, then swap.
-    old = path.with_name(f".{path.name}.old")
+    old = _old(path)
     shutil.rmtree(old, ignore_errors=True)
     if path.exists():
         path.rename(old)
@@ -98,19 +100,40 @@ def save_checkpoint(
     return path
 
 
-def recover_checkpoint(path: Path) -> None:
-    """Finish a swap cut short by a crash: ``path`` gone but its complete predecessor still at ``.name.old``."""
-    old = path.with_name(f".{path.name}.old")
+def _old(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old")
+
+
+def _recover(path: Path) -> None:
+    """Writer only: finish a swap cut short by a crash (``path`` gone, its complete predecessor at ``.name.old``).
+
+    Readers never rename anything (a reader renaming while another process saves would break that save);
+    they read the predecessor where it lies (``_complete_folder``).
+    """
+    old = _old(path)
     if not path.exists() and (old / META_FILE).is_file():
         old.rename(path)
 
 
-def read_meta(path: str | Path) -> dict[str, Any]:
-    """Read and check ``meta.json`` of checkpoint folder ``path`` (or of the folder holding a given file)."""
+def _complete_folder(path: Path) -> Path:
+    """``path``, or its complete predecessor when a crash cut a swap short (read in place, never moved)."""
+    if not path.exists() and (_old(path) / META_FILE).is_file():
+        return _old(path)
+    return path
+
+
+def checkpoint_folder(path: str | Path) -> Path:
+    """The folder to read: ``path``, the folder of its ``meta.json`` or weights file, or the complete
+    predecessor a crashed save left beside it."""
     path = Path(path)
     if path.is_file() and path.name in (META_FILE, WEIGHTS_FILE):
         path = path.parent
-    recover_checkpoint(path)
+    return _complete_folder(path)
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """Read and check ``meta.json`` of checkpoint folder ``path`` (or of the folder holding a given file)."""
+    path = checkpoint_folder(path)
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint not found")
     if not path.is_dir():
@@ -142,10 +165,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
 
     from mlic.models import build_model
 
-    path = Path(path)
+    path = checkpoint_folder(path)
     meta = read_meta(path)
-    if path.is_file():
-        path = path.parent
     spec = meta["model"]
     model = build_model(spec["name"], num_classes=len(meta["class_names"]), **spec.get("kwargs", {}))
     try:
@@ -173,7 +194,7 @@ def load_train_state(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    path = Path(path)
+    path = checkpoint_folder(path)
     read_meta(path)
     if _torch_version() < (2, 6):
         raise CheckpointError(
@@ -199,11 +220,21 @@ def load_train_state(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.
 
 
 def load_weights(path: str | Path, model: nn.Module) -> None:
-    """Load checkpoint ``path``'s weights into ``model`` strictly (for resuming)."""
+    """Load checkpoint ``path``'s weights into ``model`` strictly (for resuming); a damaged or foreign
+    weights file is a CheckpointError naming it."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    state = load_file(Path(path) / WEIGHTS_FILE)
-    unwrap_model(model).load_state_dict(state, strict=True)
+    weights = checkpoint_folder(path) / WEIGHTS_FILE
+    try:
+        state = load_file(weights)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{weights}: not a valid safetensors file ({exc})") from None
+    try:
+        unwrap_model(model).load_state_dict(state, strict=True)
+    except RuntimeError as exc:  # missing, unexpected or misshapen tensors
+        first = " ".join(str(exc).split())[:300]
+        raise CheckpointError(f"{weights}: weights do not fit the model: {first}") from None
 
 
 def _torch_version() -> tuple[int, int]:

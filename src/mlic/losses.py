@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from numpy.typing import ArrayLike
 from torch import nn
 
-LOSSES = ("bce", "focal", "asl")
+from mlic.config import LOSSES
 
 
 def _masked_mean(loss: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

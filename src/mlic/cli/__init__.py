@@ -1,6 +1,8 @@
 """The ``mlic`` command: one module per subcommand, each adding its arguments and calling one library function.
 
-``main(argv)`` is importable so tests run the CLI in-process.
+``main(argv)`` is importable so tests run the CLI in-process. A mistake the user can fix (any
+``mlic.errors.UserError``, a missing or unwritable file, a bad flag) ends as one line,
+``mlic <command>: error: ...``, with exit code 2; only a bug in mlic shows a traceback.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from mlic.cli import data, demo, evaluate, explain, export, predict, report, serve, train
+from mlic.errors import UserError
 
 # explicit, in the order --help lists them
 SUBCOMMANDS = (demo, data, train, evaluate, predict, export, serve, report, explain)
@@ -18,8 +21,8 @@ EPILOG = """examples:
   mlic demo                                              # build demo data, train, evaluate, predict
   mlic train data/train.csv --val data/val.csv --epochs 10 --name shapes
   mlic evaluate runs/shapes/checkpoints/best --data data/test.csv
-  mlic predict runs/shapes/checkpoints/best photos/ --format csv --output preds.csv
-  mlic export runs/shapes/checkpoints/best --format onnx model.onnx   # ONNX with thresholds inside
+  mlic predict runs/shapes/checkpoints/best photos/ --output preds.csv
+  mlic export runs/shapes/checkpoints/best model.onnx    # ONNX with thresholds inside
   mlic serve runs/shapes/checkpoints/best                # web page + HTTP API on http://127.0.0.1:8000
   mlic report runs/shapes                                # HTML report: curves, per-label errors, Grad-CAM
   mlic explain runs/shapes/checkpoints/best photo.png    # Grad-CAM map per predicted label
@@ -27,12 +30,15 @@ EPILOG = """examples:
 """
 
 
-class UserError(Exception):
-    """Raised by subcommands for bad flags; printed without a traceback."""
+class Parser(argparse.ArgumentParser):
+    """argparse with usage errors as one line (the usage itself is one ``--help`` away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="mlic",
         description="Multi-label image classification: train, evaluate, predict.",
         epilog=EPILOG,
@@ -47,34 +53,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def print_error(prog: str, exc: BaseException) -> None:
+    """Details first (a message's later lines, e.g. a list of bad files), then the one error line."""
+    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+    for line in lines[1:]:
+        print(line, file=sys.stderr)
+    print(f"{prog}: error: {lines[0]}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    from mlic.checkpoint import CheckpointError
-    from mlic.config import ConfigError
-    from mlic.data.images import ImageDecodeError
-    from mlic.data.records import DataError
-    from mlic.engine.loop import NonFiniteLossError
-    from mlic.engine.runtime import configure_allocator
+    prog = getattr(args, "prog", f"mlic {args.command}")
+    if extra:  # named by the subcommand that did not take them, not by the top-level parser
+        print(f"{prog}: error: unrecognized arguments: {' '.join(extra)} (see {prog} --help)", file=sys.stderr)
+        return 2
+    from mlic.runtime.cpu import configure_allocator
 
     configure_allocator()  # keep big activation buffers mapped between steps (MLIC_NO_MALLOPT=1 opts out)
     try:
         return int(args.run(args) or 0)
-    except (
-        UserError,
-        DataError,
-        ConfigError,
-        CheckpointError,
-        ImageDecodeError,
-        FileExistsError,
-        FileNotFoundError,
-        NonFiniteLossError,
-    ) as exc:
-        print(f"mlic {args.command}: error: {exc}", file=sys.stderr)
+    except (UserError, OSError) as exc:  # OSError: a path the user gave that is missing, a folder, unwritable
+        print_error(prog, exc)
         return 2
     except KeyboardInterrupt:
-        print(f"mlic {args.command}: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from mlic.cli.flags import add_command, add_config_source, add_settings, config_from_args, help_text
+from mlic.config import SETTINGS
+
 HELP = """examples:
   mlic data cache data/train.csv --val data/val.csv --image-size 224
   mlic data cache data/train.csv --config configs/default.yaml     # the caches that recipe's run will read
@@ -11,55 +14,46 @@ HELP = """examples:
 
 Builds exactly the caches `mlic train` would build with the same data flags (the same split, image size
 and augmentation preset), so the first epoch starts at full speed. Caches live in --cache-dir (default:
-$MLIC_CACHE_DIR, else ~/.cache/mlic), never beside the images; a changed image (size or modification
-time) or changed preprocessing gives a new cache, and `--clear` removes them all.
+$MLIC_CACHE_DIR, else ~/.cache/mlic), never beside the images; a changed image or changed preprocessing
+gives a new cache, and `--clear` removes them all.
 """
 
+# The data settings (as `mlic train` takes them, but --cache itself), the seed (it decides a held-out
+# split) and progress bars.
+FLAGS = tuple(f for f, s in SETTINGS.items() if s.section == "data" and f not in ("train", "cache")) + (
+    "seed",
+    "progress",
+)
 
-def add_parser(data_subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+
+def register(actions: argparse._SubParsersAction) -> None:
     """Add ``cache`` to the ``mlic data`` actions."""
-    p = data_subparsers.add_parser(
-        "cache",
-        help="decode and resize images once into the training cache",
-        description=__doc__,
-        epilog=HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("data", metavar="DATA", nargs="?", help="training labels (CSV/TSV file or folder)")
-    p.add_argument("--config", help="YAML config whose data settings to use; flags override it")
-    p.add_argument("--val", help="validation labels (default: hold out --val-fraction of DATA, as train does)")
-    p.add_argument("--val-fraction", type=float, help="fraction held out when no --val (default 0.1)")
-    p.add_argument("--format", help="label format (default: auto-detected)")
-    p.add_argument("--image-root", help="folder image paths are relative to")
-    p.add_argument("--label-delimiter", help="separator inside the tag column (default: space)")
-    p.add_argument("--image-size", type=int, help="input size in pixels (default 224)")
-    p.add_argument("--augment", help="augmentation preset the run will use (cropping presets cache larger images)")
-    p.add_argument("--skip-bad-images", action="store_true", default=None, help="leave out unreadable files")
-    p.add_argument("--seed", type=int, help="the run's seed (it decides a held-out split)")
-    p.add_argument("--cache-dir", help="where caches live (default: $MLIC_CACHE_DIR, else ~/.cache/mlic)")
+    p = add_command(actions, "cache", "decode and resize images once into the training cache", __doc__, HELP)
+    p.add_argument("train", metavar="DATA", nargs="?", help=help_text(SETTINGS["train"]))
+    add_config_source(p)
+    add_settings(p, FLAGS)
     p.add_argument("--clear", action="store_true", help="delete every cached data set in the cache folder")
-    p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
     p.set_defaults(run=run)
-    return p
 
 
 def run(args: argparse.Namespace) -> int:
-    from mlic.cli import UserError
-    from mlic.config import TrainConfig, apply_flat, load_config
-    from mlic.data.cache import cache_root, clear_cache
-    from mlic.engine.data_setup import prepare_data
-    from mlic.engine.distributed import DistInfo
+    from mlic.errors import UserError
 
+    cfg = config_from_args(args, ("train", *FLAGS))
     if args.clear:
-        freed = clear_cache(args.cache_dir)
-        print(f"cleared {args.cache_dir or cache_root()}: {freed / 1e9:.2f} GB freed")
+        from mlic.data.cache import cache_root, clear_cache
+
+        freed = clear_cache(cfg.data.cache_dir)
+        print(f"cleared {cfg.data.cache_dir or cache_root()}: {freed / 1e9:.2f} GB freed")
         return 0
-    if args.data is None:
+    if cfg.data.train is None:
         raise UserError("DATA is required (or pass --clear)")
-    cfg = load_config(args.config) if args.config else TrainConfig()
-    keys = ("val", "val_fraction", "format", "image_root", "label_delimiter", "image_size", "augment",
-            "skip_bad_images", "seed", "cache_dir", "progress")  # fmt: skip
-    cfg = apply_flat(cfg, train=args.data, **{k: getattr(args, k) for k in keys})
+    cfg.validate()
+
+    from mlic.engine.data_setup import build_caches, read_splits
+    from mlic.runtime.distributed import DistInfo
+
     cfg.data.cache = "auto"
-    prepare_data(cfg, DistInfo())  # the very data set-up of `mlic train`, which builds the caches
+    splits = read_splits(cfg.data, seed=cfg.seed, progress=cfg.progress)  # the very data set-up of `mlic train`
+    build_caches(cfg.data, splits, progress=cfg.progress, info=DistInfo())
     return 0

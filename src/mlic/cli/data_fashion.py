@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mlic.cli.flags import add_command, add_setting
+
 HELP = """examples:
   mlic data fashion-collage /usr/share/datasets/fashion-mnist data/fashion
   mlic data fashion-collage ~/fashion-mnist data/fashion64 --train 20000 --val 2000 --test 4000 --image-size 64
@@ -19,27 +21,20 @@ is reused.
 """
 
 
-def add_parser(data_subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def register(actions: argparse._SubParsersAction) -> None:
     """Add ``fashion-collage`` to the ``mlic data`` actions."""
-    from mlic.data.fashion import MIN_IMAGE_SIZE
+    from mlic.data.builders.fashion import MIN_IMAGE_SIZE
 
-    p = data_subparsers.add_parser(
-        "fashion-collage",
-        help="build multi-label collages from Fashion-MNIST",
-        description=__doc__,
-        epilog=HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(actions, "fashion-collage", "build multi-label collages from Fashion-MNIST", __doc__, HELP)
     p.add_argument("idx_dir", metavar="IDX_DIR", help="folder with the Fashion-MNIST IDX files")
     p.add_argument("out", metavar="OUT", help="folder to write the dataset to")
     p.add_argument("--train", type=_at_least(0), default=20000, help="train collages (default 20000)")
     p.add_argument("--val", type=_at_least(0), default=2000, help="validation collages (default 2000)")
     p.add_argument("--test", type=_at_least(0), default=4000, help="test collages (default 4000)")
     p.add_argument("--image-size", type=_at_least(MIN_IMAGE_SIZE), default=96, help="collage side in pixels")
-    p.add_argument("--seed", type=_at_least(0), default=0)
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--seed", type=_at_least(0), default=0, help="random seed of the collages (default: 0)")
+    add_setting(p, "progress", own_default=True)
     p.set_defaults(run=run)
-    return p
 
 
 def _at_least(minimum: int):
@@ -58,7 +53,7 @@ def _at_least(minimum: int):
 
 
 def run(args: argparse.Namespace) -> int:
-    from mlic.data.fashion import make_fashion_collages
+    from mlic.data.builders.fashion import make_fashion_collages
 
     print(f"fashion collages: writing (or reusing) {args.train}/{args.val}/{args.test} images in {args.out}/")
     paths = make_fashion_collages(

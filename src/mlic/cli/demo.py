@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mlic.cli.flags import add_command, add_setting
+
 # The demo trains at the scenes' native size: 40 px scenes, 5,000 of them, reached test mAP 0.99 in
 # 10 epochs of the seed recipe; at the same compute, smaller images and more of them beat 64 px.
 DEMO_IMAGE_SIZE = 40
@@ -19,18 +21,10 @@ image) as real PNG files with train/val/test CSVs, trains the seed model on it e
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "demo",
-        help="train and evaluate on built-in synthetic data",
-        description=__doc__,
-        epilog=HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(sub, "demo", "train and evaluate on built-in synthetic data", __doc__, HELP)
     p.add_argument("--data-dir", default="demo_data/shapes", help="where the demo images and CSVs go")
-    p.add_argument("--output-dir", default="runs", help="where the run folder goes (run name: demo)")
-    p.add_argument("--epochs", type=int, default=10, help="epochs (default 10, the seed's)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    for flat in ("output_dir", "epochs", "device", "progress"):  # the run is named demo
+        add_setting(p, flat, own_default=True)
     p.set_defaults(run=run)
 
 
@@ -38,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import mlic
-    from mlic.data.synthetic import make_shapes_dataset
+    from mlic.data.builders.synthetic import make_shapes_dataset
 
     print(f"demo data: writing (or reusing) synthetic scenes in {args.data_dir}/")
     files = make_shapes_dataset(Path(args.data_dir), image_size=DEMO_IMAGE_SIZE, progress=args.progress)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mlic.cli.flags import add_command, add_setting
+
 HELP = """examples:
   mlic explain runs/shapes/checkpoints/best photo.png                  # one map per predicted label
   mlic explain runs/shapes/checkpoints/best photo.png --label star --label ring
@@ -17,25 +19,19 @@ The target layer is the last convolutional feature map (seed_cnn: features.3; ti
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "explain",
-        help="Grad-CAM maps: where the model sees each label",
-        description=__doc__,
-        epilog=HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(sub, "explain", "Grad-CAM maps: where the model sees each label", __doc__, HELP)
     p.add_argument("checkpoint", help="checkpoint folder (runs/<name>/checkpoints/best)")
     p.add_argument("image", help="image file")
     p.add_argument("--label", dest="labels", action="append", metavar="NAME", help="label to explain (repeatable)")
     p.add_argument("--output-dir", default="explanations", help="where the PNGs go (default: explanations/)")
     p.add_argument("--target-layer", help="module to take the maps from, e.g. features.2 or layer4")
-    p.add_argument("--device", default="auto")
+    add_setting(p, "device", own_default=True)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from mlic.cli import UserError
-    from mlic.gradcam import explain_image
+    from mlic.errors import UserError
+    from mlic.insight.gradcam import explain_image
 
     try:
         paths = explain_image(

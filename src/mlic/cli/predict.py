@@ -6,13 +6,17 @@ import argparse
 import os
 import sys
 from itertools import chain
+from pathlib import Path
+
+from mlic.cli.flags import add_command, add_compute, add_setting, add_threshold
+from mlic.inference.batch_predict import FORMATS
 
 HELP = """examples:
   mlic predict runs/shapes/checkpoints/best photo.jpg
-  mlic predict runs/shapes/checkpoints/best photos/ 'more/**/*.png' --format csv --output preds.csv
-  mlic predict runs/shapes/checkpoints/best --list files.txt --format jsonl --output preds.jsonl --resume
-  mlic predict model.onnx photos/ --top-k 3 --probabilities --format jsonl --output preds.jsonl
-  mlic predict runs/shapes/checkpoints/best photos/ --threshold 0.3 --format json
+  mlic predict runs/shapes/checkpoints/best photos/ 'more/**/*.png' --output preds.csv
+  mlic predict runs/shapes/checkpoints/best --list files.txt --output preds.jsonl --resume
+  mlic predict model.onnx photos/ --top-k 3 --probabilities --output preds.jsonl
+  mlic predict runs/shapes/checkpoints/best photos/ --threshold 0.3 --to json
 
 MODEL is a checkpoint folder or a .onnx file written by `mlic export` (run by ONNX Runtime on CPU;
 same labels). Folders are searched recursively for image files, globs are expanded, and --list
@@ -20,70 +24,67 @@ reads paths from a .txt (one per line) or .csv (column image/path, else the firs
 is loaded into memory all at once. Each image gets its predicted labels (probability >= its class
 threshold); --probabilities adds every class's probability, --top-k the K most probable classes.
 Unreadable images get an error field, are counted at the end and do not stop the run.
+The output format is --to, else --output's suffix (.csv, .jsonl, .json), else a table on the terminal.
 --resume continues an interrupted csv/jsonl --output run: the file ends up as if never interrupted.
 """
 
-
-# mlic.batch_predict.FORMATS, repeated so that building the parser imports no torch (tests check they match)
-FORMATS = ("table", "csv", "jsonl", "json")
+SUFFIX_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "json"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "predict",
-        help="label images with a checkpoint or an exported ONNX model",
-        description=__doc__,
-        epilog=HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(sub, "predict", "label images with a checkpoint or an exported ONNX model", __doc__, HELP)
     p.add_argument("checkpoint", metavar="MODEL", help="checkpoint folder (runs/<name>/checkpoints/best) or .onnx")
     p.add_argument("inputs", nargs="*", metavar="PATH", help="image files, folders or glob patterns")
     p.add_argument("--list", metavar="FILE", help="also predict the paths listed in this .txt or .csv file")
-    p.add_argument("--image-root", help="folder that relative paths in --list are under (default: the list's folder)")
-    p.add_argument("--threshold", type=float, help="one threshold for every class, instead of the model's")
-    p.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
-    p.add_argument("--output", help="write here instead of standard output")
+    add_setting(p, "image_root", own_default=True)
+    add_threshold(p)
+    p.add_argument("--output", metavar="FILE", help="write here instead of standard output")
+    p.add_argument("--to", choices=FORMATS, help="output format (default: from --output's suffix, else table)")
     p.add_argument("--probabilities", action="store_true", help="include every class's probability (csv/jsonl/json)")
     p.add_argument("--top-k", type=int, default=0, metavar="K", help="also list the K most probable classes")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run into --output (csv/jsonl)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers for decoding (default 0)")
-    p.add_argument("--device", default="auto", help="for checkpoints (ONNX models run on CPU)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (shown when writing to --output)")
+    add_compute(p)
     p.set_defaults(run=run)
 
 
+def output_format(to: str | None, output: str | None) -> str:
+    """--to, else the format --output's suffix names, else the terminal table."""
+    if to is not None:
+        return to
+    if output is None:
+        return "table"
+    return SUFFIX_FORMATS.get(Path(output).suffix.lower(), "csv")
+
+
 def run(args: argparse.Namespace) -> int:
-    from mlic.batch_predict import OutputOptions, ResumeError, write_predictions
-    from mlic.cli import UserError
-    from mlic.inference import iter_inputs, load_predictor
+    from mlic.errors import UserError
+    from mlic.inference.batch_predict import OutputOptions, write_predictions
+    from mlic.inference.inputs import iter_inputs
+    from mlic.inference.load import load_predictor
 
     if not args.inputs and not args.list:
         raise UserError("give image paths, folders or globs, or --list FILE")
-    if args.top_k < 0 or args.batch_size < 1 or args.workers < 0:
-        raise UserError("--top-k and --workers must be >= 0, --batch-size >= 1")
+    if args.top_k < 0:
+        raise UserError("--top-k must be >= 0")
     paths = iter_inputs(args.inputs, list_file=args.list, image_root=args.image_root)
     first = next(paths, None)  # peek, so an empty input set fails before any output is written
     if first is None:
         raise UserError(f"no images found in: {' '.join(args.inputs + ([args.list] if args.list else []))}")
-    options = OutputOptions(args.format, probabilities=args.probabilities, top_k=args.top_k)
+    options = OutputOptions(output_format(args.to, args.output), probabilities=args.probabilities, top_k=args.top_k)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: shard the inputs across ranks
         return _run_sharded(args, chain([first], paths), options)
     predictor = load_predictor(args.checkpoint, device=args.device, threshold=args.threshold)
     print(f"thresholds: {predictor.threshold_source}", file=sys.stderr)
-    try:
-        summary = write_predictions(
-            predictor,
-            chain([first], paths),
-            options,
-            output=args.output,
-            resume=args.resume,
-            batch_size=args.batch_size,
-            num_workers=args.workers,
-            progress=args.output is not None and not args.no_progress,
-        )
-    except ResumeError as exc:
-        raise UserError(str(exc)) from None
+    summary = write_predictions(
+        predictor,
+        chain([first], paths),
+        options,
+        output=args.output,
+        resume=args.resume,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        progress=args.output is not None and args.progress,  # the table on the terminal has no bar beside it
+    )
     for note in summary.notes:
         print(note, file=sys.stderr)
     print(summary.line() + (f"; written to {args.output}" if args.output else ""), file=sys.stderr)
@@ -93,11 +94,11 @@ def run(args: argparse.Namespace) -> int:
 def _run_sharded(args: argparse.Namespace, paths, options) -> int:
     import torch
 
-    from mlic.cli import UserError
-    from mlic.engine.distributed import init_distributed, shutdown_distributed
-    from mlic.engine.runtime import select_device
-    from mlic.inference import load_predictor
-    from mlic.sharded_predict import write_predictions_sharded
+    from mlic.errors import UserError
+    from mlic.inference.load import load_predictor
+    from mlic.inference.sharded_predict import write_predictions_sharded
+    from mlic.runtime.device import select_device
+    from mlic.runtime.distributed import init_distributed, shutdown_distributed
 
     if not args.output or args.resume:
         raise UserError("under torchrun, predict needs --output (one merged file) and cannot --resume")
@@ -112,8 +113,8 @@ def _run_sharded(args: argparse.Namespace, paths, options) -> int:
             output=args.output,
             info=info,
             batch_size=args.batch_size,
-            num_workers=args.workers,
-            progress=not args.no_progress,
+            num_workers=args.num_workers,
+            progress=args.progress,
         )
     finally:
         shutdown_distributed()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mlic.cli.flags import add_command, add_compute, add_label_reading
+
 HELP = """examples:
   mlic report runs/shapes                        # writes runs/shapes/report.html
   mlic report runs/shapes --data data/test.csv   # predict new labelled data with the best checkpoint first
@@ -18,45 +20,29 @@ retraining. Without --data the test predictions are used, else the validation on
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "report",
-        help="HTML report of a run: curves, per-label metrics, errors, Grad-CAM",
-        description=__doc__,
-        epilog=HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(sub, "report", "HTML report of a run: curves, per-label metrics, errors, Grad-CAM", __doc__, HELP)
     p.add_argument("run_dir", help="run folder (runs/<name>)")
     p.add_argument("--data", help="labelled data to evaluate and report on (CSV/TSV file or folder)")
-    p.add_argument("--format", default="auto", help="label format of --data (default: auto-detected)")
-    p.add_argument("--image-root", help="folder the image paths of --data are relative to")
-    p.add_argument("--label-delimiter", help="separator inside the tag column of --data (default: space)")
+    add_label_reading(p)
     p.add_argument("--output", help="HTML file to write (default: RUN_DIR/report.html)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=-1, help="DataLoader workers for --data (default: by CPU count)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    add_compute(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from mlic.cli import UserError
-    from mlic.engine.runtime import select_device
-    from mlic.report import build_report
+    from mlic.evaluation.scoring import BatchOptions
+    from mlic.insight.report import build_report
+    from mlic.runtime.device import select_device
 
-    try:
-        path = build_report(
-            args.run_dir,
-            args.output,
-            data=args.data,
-            fmt=args.format,
-            image_root=args.image_root,
-            label_delimiter=args.label_delimiter,
-            device=str(select_device(args.device)),
-            batch_size=args.batch_size,
-            num_workers=args.workers,
-            progress=args.progress,
-        )
-    except ValueError as exc:  # e.g. a damaged predictions file, named in the message
-        raise UserError(str(exc)) from None
+    batch = BatchOptions(select_device(args.device), args.batch_size, args.num_workers, args.progress)
+    path = build_report(
+        args.run_dir,
+        args.output,
+        data=args.data,
+        fmt=args.format,
+        image_root=args.image_root,
+        label_delimiter=args.label_delimiter,
+        batch=batch,
+    )
     print(f"report: {path}")
     return 0

@@ -9,8 +9,8 @@ Layout, under ``cache_root()`` (``$MLIC_CACHE_DIR``, else ``$XDG_CACHE_HOME/mlic
 inside the user's image folders:
 
     decoded/<key>/pixels.u8    (N, 3, S, S) uint8; row i is records[i] as staged
-    decoded/<key>/status.u8    (N,) 1 = decoded, 0 = unreadable (the reason is in meta.json)
-    decoded/<key>/meta.json    written last, then the folder is renamed into place: no meta, no cache
+    decoded/<key>/meta.json    shape, staging spec, and the rows that could not be decoded with the reason;
+                               written last, then the folder is renamed into place: no meta, no cache
 
 The key hashes the format version, the Pillow version (the decoder), the staging spec (size, resize mode,
 reduced-size decoding) and every record's absolute path, byte size and modification time in nanoseconds.
@@ -36,9 +36,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from mlic.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from mlic.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError
+from mlic.data.pixels import PixelLoader
 from mlic.data.records import Record
 from mlic.data.transforms import Pipeline
+from mlic.runtime.cpu import cpu_count
 
 CACHE_VERSION = 1
 # Room left on the cache's disk after it is written; below that, "auto" trains without a cache.
@@ -163,9 +165,6 @@ def build_cache(
         errors = _decode_into(pixels, records, pipeline, num_workers, max_pixels, progress, desc)
         pixels.flush()
         del pixels
-        status = np.ones(len(records), np.uint8)
-        status[list(errors)] = 0
-        status.tofile(tmp / "status.u8")
         meta = {"version": CACHE_VERSION, "shape": list(shape), **pipeline.cache_spec,
                 "errors": {str(k): v for k, v in errors.items()},
                 "first_image": str(records[0].path) if records else None}  # fmt: skip
@@ -193,32 +192,25 @@ def clear_cache(root: str | Path | None = None) -> int:
 
 
 class _StageDataset(Dataset):
-    def __init__(self, records: Sequence[Record], pipeline: Pipeline, max_pixels: int) -> None:
+    def __init__(self, records: Sequence[Record], loader: PixelLoader) -> None:
         self.paths = [str(r.path) for r in records]
-        self.pipeline, self.max_pixels = pipeline, max_pixels
+        self.loader = loader
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
-        path = self.paths[i]
-        try:
-            image = decode_image(path, max_pixels=self.max_pixels, draft_size=self.pipeline.pre.draft_size)
-            return i, self.pipeline.stage(image), None
-        except ImageDecodeError as exc:
-            return i, None, exc.reason
-        except OSError as exc:
-            return i, None, exc.strerror or str(exc)
+        return (i, *self.loader.load_or_reason(self.paths[i]))
 
 
 def _decode_into(pixels, records, pipeline, num_workers, max_pixels, progress, desc) -> dict[int, str]:
     """Fill ``pixels`` row by row; decoding runs in worker processes, writing in this one."""
     if num_workers < 0:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cpus = cpu_count()
         # building is all decoding: use every core (training's rule keeps cores free for the model)
         num_workers = 0 if len(records) < 128 or cpus < 2 else min(cpus, 8)  # workers start in ~1 s
     loader = DataLoader(
-        _StageDataset(records, pipeline, max_pixels),
+        _StageDataset(records, PixelLoader(pipeline.pre, pipeline.stage, max_pixels)),
         batch_size=16,
         num_workers=num_workers,
         collate_fn=list,

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from mlic.data.cache import DecodedCache
-from mlic.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from mlic.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError
 from mlic.data.labels import encode
-from mlic.data.records import DataError, Record
+from mlic.data.pixels import PixelLoader
+from mlic.data.records import Record
 from mlic.data.transforms import Pipeline
 
 
@@ -55,7 +55,7 @@ class MultiLabelDataset(Dataset):
         self.cache = cache
         # the cache may hold more images than this dataset (a held-out split shares its file's cache)
         self.cache_rows = None if cache is None else np.array([cache.row(r.path) for r in self.records], np.int64)
-        self.max_pixels = max_pixels
+        self.loader = PixelLoader(pipeline.pre, pipeline.stage, max_pixels)
         index = {name: i for i, name in enumerate(self.class_names)}
         # Encoded once up front: (N, C) arrays are small and this keeps __getitem__ to decoding only.
         encoded = [encode(r, index) for r in self.records]
@@ -70,20 +70,16 @@ class MultiLabelDataset(Dataset):
         # The training sampler passes (epoch, index): the sample's augmentation is then seeded from
         # (seed, epoch, index) alone, identical whatever the workers, ranks or interruptions.
         epoch, i = key if isinstance(key, tuple) else (None, key)
-        record = self.records[i]
-        try:
-            image = self._staged(i)
-            flip = False
-            if epoch is not None and (self.pipeline.augment is not None or self.pipeline.flip):
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(sample_seed(self.seed, epoch, i))
-                    if self.pipeline.augment is not None:
-                        image = self.pipeline.augment(image)
-                    flip = self.pipeline.flip and bool(torch.rand(()) < 0.5)
-        except ImageDecodeError as exc:
-            return {"index": i, "error": (str(record.path), exc.reason)}
-        except OSError as exc:  # e.g. a file that vanished after the existence check
-            return {"index": i, "error": (str(record.path), str(exc))}
+        image, reason = self._staged(i)
+        if image is None:
+            return {"index": i, "error": (str(self.records[i].path), reason)}
+        flip = False
+        if epoch is not None and (self.pipeline.augment is not None or self.pipeline.flip):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(sample_seed(self.seed, epoch, i))
+                if self.pipeline.augment is not None:
+                    image = self.pipeline.augment(image)
+                flip = self.pipeline.flip and bool(torch.rand(()) < 0.5)
         return {
             "index": i,
             "image": image,
@@ -92,13 +88,14 @@ class MultiLabelDataset(Dataset):
             "mask": torch.from_numpy(self.masks[i]),
         }
 
-    def _staged(self, i: int) -> torch.Tensor:
-        """uint8 (3, stage, stage): a cache row, or decoded and resized now."""
-        if self.cache_rows is not None:
-            return self.cache.image(int(self.cache_rows[i]))
-        pre = self.pipeline.pre
-        return self.pipeline.stage(decode_image(self.records[i].path, max_pixels=self.max_pixels,
-                                                draft_size=pre.draft_size))  # fmt: skip
+    def _staged(self, i: int) -> tuple[torch.Tensor | None, str | None]:
+        """(uint8 (3, stage, stage), None): a cache row, or decoded and resized now; (None, why) if unreadable."""
+        if self.cache_rows is None:
+            return self.loader.load_or_reason(self.records[i].path)
+        try:
+            return self.cache.image(int(self.cache_rows[i])), None
+        except ImageDecodeError as exc:  # the file was unreadable when the cache was built
+            return None, exc.reason
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -120,12 +117,3 @@ def collate(samples: list[dict]) -> Batch:
         errors=errors,
         flips=torch.tensor([s["flip"] for s in good], dtype=torch.bool),
     )
-
-
-def check_files_exist(records: Sequence[Record], limit: int = 10) -> None:
-    """Fail before training starts if image files are missing, naming the label file and line."""
-    missing = [r for r in records if not Path(r.path).is_file()]
-    if missing:
-        shown = "\n".join(f"  {r.source or '?'}: image file not found: {r.path}" for r in missing[:limit])
-        more = f"\n  ... and {len(missing) - limit} more" if len(missing) > limit else ""
-        raise DataError(f"{len(missing)} image file(s) not found:\n{shown}{more}")

@@ -24,6 +24,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from mlic.errors import UserError
+
 # Pillow's own default limit (1024**3 // 4 // 3 = 89,478,485 pixels, about 9459 x 9459): a bigger image needs
 # over 256 MiB as RGB before any resizing, and a tiny file declaring it is the classic decompression bomb.
 # We enforce our own `max_pixels` from the header and never touch the global `Image.MAX_IMAGE_PIXELS`.
@@ -44,7 +46,7 @@ _WHITE = (255, 255, 255)
 ImageSource = str | Path | bytes | bytearray | memoryview | BinaryIO
 
 
-class ImageDecodeError(Exception):
+class ImageDecodeError(UserError):
     """An image source that did not yield pixels; `path` is None for in-memory bytes."""
 
     def __init__(self, reason: str, path: str | Path | None = None, kind: str = "corrupt") -> None:

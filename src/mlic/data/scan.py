@@ -24,7 +24,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from mlic.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, read_image_size
-from mlic.data.records import Record
+from mlic.data.records import DataError, Record
+from mlic.runtime.console import log
 
 # How far from the end of the file an end marker may sit: covers padding after it, yet stays too short to
 # reach back to an EXIF thumbnail's own end marker in a file cut just after its header.
@@ -185,3 +186,20 @@ def _unsupported(head: bytes) -> str | None:
         if head[offset : offset + len(magic)] == magic:
             return f"unsupported format ({name}); convert it to JPEG or PNG"
     return None
+
+
+def drop_bad_images(records: list[Record], *, skip: bool, progress: bool = False) -> list[Record]:
+    """Scan before training: a bad file stops the run, naming it, unless ``skip`` (``--skip-bad-images``)
+    leaves every bad file out with a summary."""
+    bad = scan_images(records, progress=progress)
+    if not bad:
+        return records
+    if not skip:
+        details = format_bad_images(bad).split("\n", 1)[1]
+        raise DataError(
+            f"{len(bad)} unreadable image(s); fix or remove them, or pass --skip-bad-images to leave them out\n"
+            + details
+        )
+    log(format_bad_images(bad) + "\nleaving them out (--skip-bad-images)")
+    bad_paths = {b.path for b in bad}
+    return [r for r in records if str(r.path) not in bad_paths]

@@ -10,16 +10,17 @@ changes where the work happens, not what it computes: an eval batch equals the e
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import PIL.Image
 import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from mlic.config import AUGMENTATIONS
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-AUGMENTATIONS = ("none", "light", "standard", "strong")
 
 # RandomResizedCrop keeps at least half the image. Multi-label targets describe the whole image, and
 # a crop that cuts a labelled object out leaves a positive label on pixels that no longer show it
@@ -42,7 +43,6 @@ class Preprocessing:
     # least 2x the target, then resized as usual: ~8x faster on camera photos, and the antialiased resize
     # still sees twice its output resolution. Checkpoints from before this option read as False.
     draft: bool = True
-    extra: dict = field(default_factory=dict)
 
     @property
     def draft_size(self) -> tuple[int, int] | None:
@@ -60,7 +60,6 @@ class Preprocessing:
             std=tuple(data["std"]),
             resize=data.get("resize", "squash"),
             draft=bool(data.get("draft", False)),
-            extra=dict(data.get("extra", {})),
         )
 
 

@@ -1,1 +1,1 @@
-"""Training and evaluation: the loop (``loop.py``) and the one orchestrator (``fit.py``)."""
+"""Training only: the epoch loop, the run as one object, the trainer, its schedule, budget and resume."""

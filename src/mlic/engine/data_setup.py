@@ -1,4 +1,8 @@
-"""A run's data: read the label files, split, scan images, cache decoded images, build datasets and loaders."""
+"""A run's data: read the label files, split, scan images, cache decoded images, build datasets and loaders.
+
+``mlic data cache`` runs the first part of this (``read_splits`` and ``build_caches``) with the same data
+settings, so it builds exactly the caches a training run then reuses.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +11,29 @@ from dataclasses import dataclass
 
 from torch.utils.data import DistributedSampler
 
-from mlic.config import TrainConfig
+from mlic.config import DataConfig
 from mlic.data.cache import CacheUnavailable, DecodedCache, ensure_cache
 from mlic.data.dataset import MultiLabelDataset
 from mlic.data.labels import build_vocabulary
-from mlic.data.loader import build_loader, load_records, unknown_labels
+from mlic.data.loader import build_loader
 from mlic.data.records import DataError, Record
 from mlic.data.sampler import EpochSampler
-from mlic.data.scan import format_bad_images, scan_images
+from mlic.data.scan import drop_bad_images
+from mlic.data.sources import load_records, unknown_labels
 from mlic.data.splits import holdout_split
 from mlic.data.transforms import Pipeline, Preprocessing, build_eval_pipeline, build_train_pipeline
-from mlic.engine.console import log
-from mlic.engine.distributed import DistInfo, barrier
+from mlic.runtime.console import log
+from mlic.runtime.distributed import DistInfo, barrier
+
+
+@dataclass
+class Splits:
+    """The records of each split, checked, and the class names (from the training labels)."""
+
+    train: list[Record]
+    val: list[Record]
+    test: list[Record]
+    class_names: list[str]
 
 
 @dataclass
@@ -33,55 +48,75 @@ class RunData:
     test_records: list[Record]
 
 
-def prepare_data(cfg: TrainConfig, info: DistInfo, *, pin_memory: bool = False) -> RunData:
-    train_records, val_records, test_records, class_names = _load_data(cfg)
-    pre = Preprocessing(image_size=cfg.data.image_size)
-    bs, workers = cfg.optim.batch_size, cfg.data.num_workers
-    train_pipeline, val_pipeline = build_train_pipeline(pre, cfg.data.augment), build_eval_pipeline(pre)
-    train_cache = _cache(cfg, info, train_records, train_pipeline, "train")
-    train_ds = MultiLabelDataset(train_records, class_names, train_pipeline, cache=train_cache, seed=cfg.seed)
-    sampler = EpochSampler(train_ds, shuffle=True, seed=cfg.seed, rank=info.rank, world_size=info.world_size)
+def pipelines(d: DataConfig) -> tuple[Preprocessing, Pipeline, Pipeline]:
+    """(the preprocessing a checkpoint stores, the training pipeline, the evaluation pipeline)."""
+    pre = Preprocessing(image_size=d.image_size)
+    return pre, build_train_pipeline(pre, d.augment), build_eval_pipeline(pre)
+
+
+def prepare_data(
+    d: DataConfig, *, seed: int, batch_size: int, progress: bool, info: DistInfo, pin_memory: bool = False
+) -> RunData:
+    """Datasets and loaders of a run; ``pin_memory`` for non-blocking copies to CUDA."""
+    splits = read_splits(d, seed=seed, progress=progress)
+    pre, train_pipeline, val_pipeline = pipelines(d)
+    train_cache, val_cache = build_caches(d, splits, progress=progress, info=info)
+    train_ds = MultiLabelDataset(splits.train, splits.class_names, train_pipeline, cache=train_cache, seed=seed)
+    sampler = EpochSampler(train_ds, shuffle=True, seed=seed, rank=info.rank, world_size=info.world_size)
     train_loader = build_loader(
         train_ds,
-        batch_size=bs,
+        batch_size=batch_size,
         shuffle=False,
-        num_workers=workers,
-        seed=cfg.seed,
+        num_workers=d.num_workers,
+        seed=seed,
         sampler=sampler,
         pin_memory=pin_memory,
         cached=train_cache is not None,
     )
     val_loader = None
-    if val_records:
-        val_cache = _cache(cfg, info, val_records, val_pipeline, "validation")
-        val_ds = MultiLabelDataset(val_records, class_names, val_pipeline, cache=val_cache)
+    if splits.val:
+        val_ds = MultiLabelDataset(splits.val, splits.class_names, val_pipeline, cache=val_cache)
         # Sharded without shuffling; the sampler's padding duplicates are dropped when predictions are gathered.
-        val_sampler = (
-            DistributedSampler(val_ds, num_replicas=info.world_size, rank=info.rank, shuffle=False)
-            if info.enabled
-            else None
+        val_sampler = DistributedSampler(val_ds, info.world_size, info.rank, shuffle=False) if info.enabled else None
+        val_loader = build_loader(
+            val_ds,
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=d.num_workers,
+            sampler=val_sampler,
+            pin_memory=pin_memory,
+            cached=val_cache is not None,
         )
-        val_loader = build_loader(val_ds, batch_size=bs, shuffle=False, num_workers=workers, sampler=val_sampler,
-                                  pin_memory=pin_memory, cached=val_cache is not None)  # fmt: skip
     log(
-        f"data: {len(train_records)} train, {len(val_records)} val, {len(test_records)} test images; "
-        f"{len(class_names)} classes"
+        f"data: {len(splits.train)} train, {len(splits.val)} val, {len(splits.test)} test images; "
+        f"{len(splits.class_names)} classes"
     )
-    return RunData(class_names, pre, train_ds, sampler, train_loader, val_loader, val_records, test_records)
+    return RunData(splits.class_names, pre, train_ds, sampler, train_loader, val_loader, splits.val, splits.test)
 
 
-def _cache(cfg: TrainConfig, info: DistInfo, records: list[Record], pipeline: Pipeline, split: str):
+def build_caches(
+    d: DataConfig, splits: Splits, *, progress: bool, info: DistInfo
+) -> tuple[DecodedCache | None, DecodedCache | None]:
+    """The decoded-image caches of the training and validation images (None where off or impossible)."""
+    _, train_pipeline, val_pipeline = pipelines(d)
+    train = _cache(d, info, splits.train, train_pipeline, "train", progress)
+    val = _cache(d, info, splits.val, val_pipeline, "validation", progress)
+    return train, val
+
+
+def _cache(d: DataConfig, info: DistInfo, records: list[Record], pipeline: Pipeline, split: str, progress: bool):
     """The decoded-image cache of ``records`` (rank 0 builds it, the others wait and open it), or None: with
     ``--cache off``, or when it cannot be written (``auto`` then reads the image files every epoch)."""
-    if cfg.data.cache == "off" or not records:
+    if d.cache == "off" or not records:
         return None
     cache: DecodedCache | None = None
     for building_rank in (True, False):  # rank 0 first, then everyone else
         if building_rank == info.is_main:
             start = time.perf_counter()
             try:
-                cache, built = ensure_cache(records, pipeline, root=cfg.data.cache_dir, progress=cfg.progress,
-                                            desc=f"caching {split} images")  # fmt: skip
+                cache, built = ensure_cache(
+                    records, pipeline, root=d.cache_dir, progress=progress, desc=f"caching {split} images"
+                )
             except CacheUnavailable as exc:
                 log(f"warning: no decoded-image cache for the {split} images: {exc}")
                 cache, built = None, False
@@ -93,37 +128,24 @@ def _cache(cfg: TrainConfig, info: DistInfo, records: list[Record], pipeline: Pi
     return cache
 
 
-def _load_data(cfg: TrainConfig):
-    d = cfg.data
+def read_splits(d: DataConfig, *, seed: int, progress: bool) -> Splits:
+    """Read train/val/test labels (holding out ``val_fraction`` of train when there is no val file), name the
+    classes from the training labels, and scan the images (bad ones stop the run, or are left out)."""
     read = dict(fmt=d.format, image_root=d.image_root, label_delimiter=d.label_delimiter)
-    train_records = load_records(d.train, **read)
+    train = load_records(d.train, **read)
     if d.val:
-        val_records = load_records(d.val, **read)
+        val = load_records(d.val, **read)
     elif d.val_fraction > 0:
-        train_records, val_records = holdout_split(train_records, d.val_fraction, seed=cfg.seed)
-        log(f"no validation file: holding out {len(val_records)} of {len(train_records) + len(val_records)} images")
+        train, val = holdout_split(train, d.val_fraction, seed=seed)
+        log(f"no validation file: holding out {len(val)} of {len(train) + len(val)} images")
     else:
-        val_records = []
-    test_records = load_records(d.test, **read) if d.test else []
-    class_names = build_vocabulary(train_records)
+        val = []
+    test = load_records(d.test, **read) if d.test else []
+    class_names = build_vocabulary(train)
     if not class_names:
         raise DataError(f"{d.train}: no labels found in the training data")
-    for split, records in (("validation", val_records), ("test", test_records)):
+    for split, records in (("validation", val), ("test", test)):
         if unknown := unknown_labels(records, class_names):
             log(f"warning: {split} labels not in the training data (ignored): {', '.join(unknown)}")
-    train_records, val_records, test_records = (
-        _drop_bad_images(r, d.skip_bad_images, cfg.progress) for r in (train_records, val_records, test_records)
-    )
-    return train_records, val_records, test_records, class_names
-
-
-def _drop_bad_images(records: list, skip: bool, progress: bool) -> list:
-    """Fast header scan before training: a bad file stops the run (naming it) unless the user chose to skip."""
-    bad = scan_images(records, progress=progress)
-    if not bad:
-        return records
-    if not skip:
-        raise DataError(format_bad_images(bad) + "\nfix or remove them, or pass --skip-bad-images to leave them out")
-    log(format_bad_images(bad) + "\nleaving them out (--skip-bad-images)")
-    bad_paths = {b.path for b in bad}
-    return [r for r in records if str(r.path) not in bad_paths]
+    train, val, test = (drop_bad_images(r, skip=d.skip_bad_images, progress=progress) for r in (train, val, test))
+    return Splits(train, val, test, class_names)

@@ -31,10 +31,3 @@ class ModelEma:
             ema_p.lerp_(p.detach(), 1.0 - d)
         for ema_b, b in zip(self.module.buffers(), model.buffers(), strict=True):
             ema_b.copy_(b)
-
-    def state_dict(self) -> dict:
-        return {"module": self.module.state_dict(), "updates": self.updates, "decay": self.decay}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.module.load_state_dict(state["module"])
-        self.updates, self.decay = int(state["updates"]), float(state["decay"])

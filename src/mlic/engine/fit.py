@@ -1,4 +1,4 @@
-"""``fit``: the one orchestrator. Reads data, builds the trainer, runs the epochs, writes the run folder.
+"""``fit``: one training run, held as one object (``Run``), read top to bottom.
 
 Run folder layout (``runs/<name>/``)::
 
@@ -6,17 +6,19 @@ Run folder layout (``runs/<name>/``)::
     metrics.csv        one row per epoch
     history.png        loss and metric curves
     checkpoints/best/  chosen by validation mAP (raw or EMA weights, whichever scored better)
-    checkpoints/last/  the latest resume point: raw weights, EMA, optimizer/RNG state, progress
+    checkpoints/last/  the latest resume point: raw weights, EMA, optimizer/schedule/RNG state, progress
     predictions/       validation (and test) predictions, for reports
     test_metrics.json  when a test set is given
 
-Under torchrun every rank runs this same code; only rank 0 writes files and prints.
+Under torchrun every rank runs this same code; only rank 0 writes files and prints. ``Run`` is the only
+reader of the whole ``TrainConfig``: every helper it calls takes plain values.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import signal
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,18 +28,22 @@ import numpy as np
 import torch
 
 from mlic.checkpoint import read_meta, save_checkpoint
-from mlic.config import TrainConfig
-from mlic.engine.budget import (
-    BUDGET_WARMUP_STEPS,
-    epoch_estimate,
-    fit_to_budget,
-    probe_span_end,
-    refit_to_budget,
-    replan_schedule,
-)  # fmt: skip
-from mlic.engine.console import log, set_main_process
+from mlic.config import TrainConfig, save_config, to_dict
+from mlic.engine.budget import BUDGET_WARMUP_STEPS, epoch_estimate, fit_to_budget, probe_span_end, refit_to_budget
 from mlic.engine.data_setup import RunData, prepare_data
-from mlic.engine.distributed import (
+from mlic.engine.loop import Span, train_one_epoch
+from mlic.engine.resume import Progress, resolve_run_dir, restore
+from mlic.engine.run_folder import checkpoint_meta, plot_history_png, summary_line, write_metrics_csv
+from mlic.engine.signals import StopFlag
+from mlic.engine.trainer import Trainer, build_trainer, model_kwargs, set_freeze, trainer_state
+from mlic.evaluation.evaluate import evaluation_report
+from mlic.evaluation.metrics import compute_metrics
+from mlic.evaluation.prediction_files import save_scored
+from mlic.evaluation.scoring import BatchOptions, Predictions, score_checkpoint, score_loader
+from mlic.runtime.console import log, set_main_process
+from mlic.runtime.cpu import configure_allocator
+from mlic.runtime.device import select_device
+from mlic.runtime.distributed import (
     DistInfo,
     any_rank,
     barrier,
@@ -45,33 +51,10 @@ from mlic.engine.distributed import (
     init_distributed,
     shutdown_distributed,
     sync_buffers,
-)  # fmt: skip
-from mlic.engine.loop import Predictions, Span, evaluate, train_one_epoch
-from mlic.engine.resume import Progress, resolve_run_dir, restore
-from mlic.engine.run_folder import (
-    checkpoint_meta,
-    plot_history_png,
-    summary_line,
-    write_metrics_csv,
-)  # fmt: skip
-from mlic.engine.runtime import configure_allocator, seed_everything, select_device
-from mlic.engine.trainer import (
-    Trainer,
-    build_trainer,
-    set_freeze,
-    trainer_state,
 )
-from mlic.metrics import compute_metrics
+from mlic.runtime.seeding import seed_everything
 
 VAL_KEYS = ("mAP", "f1_micro", "f1_macro", "f1_samples", "hamming_loss", "exact_match")
-
-
-class TrainingInterrupted(Exception):
-    """SIGTERM/SIGINT: the current step finished, a checkpoint was written; ``exit_code`` is 128 + signal."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 @dataclass
@@ -83,7 +66,7 @@ class RunResult:
     history: list[dict[str, Any]]
     test_metrics: dict[str, Any] | None = None
     class_names: list[str] = field(default_factory=list)
-    model: torch.nn.Module | None = None  # the trained (raw, last-epoch) model, in memory
+    last_model: torch.nn.Module | None = None  # raw weights after the last step, as saved in checkpoints/last
 
 
 def fit(cfg: TrainConfig, *, overwrite: bool = False, resume: str | None = None) -> RunResult:
@@ -97,164 +80,295 @@ def fit(cfg: TrainConfig, *, overwrite: bool = False, resume: str | None = None)
     info, device = init_distributed(select_device(cfg.device))
     set_main_process(info.is_main)
     try:
-        return _fit(cfg, info, device, overwrite, resume)
+        run = Run.start(cfg, info, device, overwrite=overwrite, resume=resume)
+        run.train()
+        return run.finish()
     finally:
         shutdown_distributed()
 
 
-def _fit(cfg: TrainConfig, info: DistInfo, device: torch.device, overwrite: bool, resume: str | None) -> RunResult:
-    if cfg.runtime.deterministic:
-        torch.use_deterministic_algorithms(True)
-    seed_everything(cfg.seed)
-    run_dir = resolve_run_dir(cfg, overwrite, resume, info)
-    log(f"run folder: {run_dir} (device {device})")
-    data = prepare_data(cfg, info, pin_memory=device.type == "cuda")  # pinned: non-blocking copies
-    steps_per_epoch = len(data.train_loader)
-    t = build_trainer(cfg, len(data.class_names), data.train_ds, steps_per_epoch, device, info)
-    progress = Progress(epochs=1 if cfg.dry_run else cfg.optim.epochs)
-    if resume:
-        progress = restore(run_dir / "checkpoints" / "last", cfg, data, t)
-        if cfg.max_minutes > 0 and progress.epochs != cfg.optim.epochs:
-            # a budget's plan: a cosine schedule's length lives in a closure, not in the saved state
-            done = progress.epoch * steps_per_epoch + progress.step
-            replan_schedule(t, cfg, steps_per_epoch, progress.epochs, done)
-    stop = _StopFlag()
-    tb = None
-    if cfg.tensorboard and info.is_main:
-        from mlic.tensorboard_log import TensorboardWriter
+class Run:
+    """A training run: its config, where it computes, its folder, its data, its trainer and where it stands."""
 
-        tb = TensorboardWriter(run_dir / "tensorboard")
-    try:
-        with stop.installed():
-            _train(cfg, info, device, run_dir, data, t, progress, steps_per_epoch, stop, tb)
-    finally:
-        if tb is not None:
-            tb.close()
-    result = _finish(cfg, info, device, run_dir, data, progress)
-    result.model = t.raw
-    return result
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        info: DistInfo,
+        device: torch.device,
+        run_dir: Path,
+        data: RunData,
+        trainer: Trainer,
+        progress: Progress,
+    ) -> None:
+        self.cfg, self.info, self.device, self.run_dir = cfg, info, device, run_dir
+        self.data, self.t, self.p = data, trainer, progress
+        self.steps_per_epoch = len(data.train_loader)
+        self.optim_steps_per_epoch = math.ceil(self.steps_per_epoch / cfg.optim.accum_steps)
+        self.model_spec = {"name": cfg.model.name, "kwargs": model_kwargs(cfg.model)}
+        self.stop = StopFlag()
 
+    @classmethod
+    def start(cls, cfg: TrainConfig, info: DistInfo, device: torch.device, *, overwrite: bool, resume: str | None):
+        """Seed, make (or find) the run folder, read the data, build the trainer, restore a resumed run."""
+        if cfg.runtime.deterministic:
+            torch.use_deterministic_algorithms(True)
+        seed_everything(cfg.seed)
+        run_dir = resolve_run_dir(cfg.output_dir, cfg.name, overwrite, resume, info)
+        if info.is_main:
+            save_config(cfg, run_dir / "config.yaml")
+        log(f"run folder: {run_dir} (device {device})")
+        data = prepare_data(
+            cfg.data,
+            seed=cfg.seed,
+            batch_size=cfg.optim.batch_size,
+            progress=cfg.progress,
+            info=info,
+            pin_memory=device.type == "cuda",
+        )
+        t = build_trainer(
+            cfg.model,
+            cfg.optim,
+            cfg.runtime,
+            data.train_ds,
+            seed=cfg.seed,
+            steps_per_epoch=len(data.train_loader),
+            device=device,
+            info=info,
+        )
+        progress = Progress(epochs=1 if cfg.dry_run else cfg.optim.epochs)
+        if resume:  # the schedule's plan comes back with the trainer state, a time budget's re-plan included
+            progress = restore(run_dir / "checkpoints" / "last", to_dict(cfg), data.class_names, t)
+        return cls(cfg, info, device, run_dir, data, t, progress)
 
-def _train(
-    cfg, info, device, run_dir, data: RunData, t: Trainer, p: Progress, steps_per_epoch: int, stop, tb=None
-) -> None:
-    train_start, first_epoch = time.perf_counter(), p.epoch
-    while p.epoch < p.epochs:
-        epoch = p.epoch + 1
-        set_freeze(t.raw, cfg.model.freeze_backbone_epochs, epoch)
-        data.train_sampler.set_position(epoch, p.step * cfg.optim.batch_size)
-        total = 1 if cfg.dry_run else steps_per_epoch
+    # ---- training ------------------------------------------------------------------------------------------
+
+    def train(self) -> None:
+        cfg, p = self.cfg, self.p
+        start, first_epoch = time.perf_counter(), p.epoch
+        with self.stop.installed(), self._tensorboard() as tb:
+            while p.epoch < p.epochs:
+                if not self._run_span(p.epoch + 1):
+                    continue  # a budget probe or a step checkpoint: the epoch goes on
+                row = self._end_epoch(p.epoch + 1)
+                if tb is not None:
+                    tb.log_epoch(row)
+                if cfg.max_minutes > 0 and p.epoch < p.epochs:
+                    self._refit_budget(time.perf_counter() - start, p.epoch - first_epoch)
+                    if p.epoch >= p.epochs:
+                        break
+                if self.stop.signum is not None:
+                    self._interrupted()
+                if cfg.optim.early_stopping and p.epoch - p.best["epoch"] >= cfg.optim.early_stopping:
+                    log(
+                        f"early stopping: no better val mAP for {cfg.optim.early_stopping} epochs "
+                        f"(last: {row.get('val_mAP')})"
+                    )
+                    break
+
+    def _run_span(self, epoch: int) -> bool:
+        """Train the next steps of ``epoch``: to its end, to a step checkpoint or to the end of the budget
+        probe. True when the epoch is complete."""
+        cfg, p = self.cfg, self.p
+        set_freeze(self.t.raw, cfg.model.freeze_backbone_epochs, epoch)
+        self.data.train_sampler.set_position(epoch, p.step * cfg.optim.batch_size)
+        total = 1 if cfg.dry_run else self.steps_per_epoch
         end = total if not cfg.checkpoint_every else min(total, p.step + cfg.checkpoint_every)
         # a budgeted run first times a few steps, to fit the epochs and the schedule to the budget
         probe_end = probe_span_end(cfg.max_minutes, p.epoch, p.step, total) if not p.probed else None
-        if probe_end is not None:
-            end = probe_end
         stats = train_one_epoch(
-            t.model, data.train_loader, t.loss_fn, t.optimizer, device, epoch=epoch, opts=t.opts,
-            scheduler=t.scheduler, ema=t.ema, mixer=t.mixer, span=Span(p.step, end, total),
-            should_stop=lambda: any_rank(stop.signum is not None, info), progress=cfg.progress,
-        )  # fmt: skip
+            self.t,
+            self.data.train_loader,
+            epoch=epoch,
+            span=Span(p.step, probe_end or end, total),
+            should_stop=lambda: any_rank(self.stop.signum is not None, self.info),
+            progress=cfg.progress,
+        )
         _report_bad(stats.bad_images)
         p.step, p.loss_sum, p.images = stats.next_step, p.loss_sum + stats.loss_sum, p.images + stats.images
         p.seconds += stats.seconds
         if probe_end is not None:
             if p.step > BUDGET_WARMUP_STEPS:  # the timed probe steps are done
-                val_steps = len(data.val_loader) if data.val_loader is not None else 0
-                estimate = epoch_estimate(stats.seconds, stats.next_step, total, val_steps, ema=t.ema is not None)
-                p.epochs = fit_to_budget(t, cfg, total, p.epochs, estimate, stats.next_step)
+                val_steps = len(self.data.val_loader) if self.data.val_loader is not None else 0
+                estimate = epoch_estimate(stats.seconds, p.step, total, val_steps, ema=self.t.ema is not None)
+                self._replan(fit_to_budget(cfg.max_minutes, p.epochs, estimate))
                 p.probed = True
-            continue
+            return False
         if stats.next_step < total:  # a step checkpoint, or a signal: save the resume point
-            _save_last(cfg, run_dir, data, t, p, info, val=None)
+            self._save_last(val=None)
             if stats.stopped:
-                _raise_interrupted(stop, run_dir, p)
-            continue
-        row = _end_epoch(cfg, info, device, run_dir, data, t, p, epoch)
-        if tb is not None:
-            tb.log_epoch(row)
-        if cfg.max_minutes > 0 and p.epoch < p.epochs:
-            elapsed = time.perf_counter() - train_start
-            p.epochs = refit_to_budget(t, cfg, steps_per_epoch, p.epoch, p.epochs, elapsed, p.epoch - first_epoch)
-            if p.epoch >= p.epochs:
-                break
-        if stop.signum is not None:
-            _raise_interrupted(stop, run_dir, p)
-        if cfg.optim.early_stopping and epoch - p.best["epoch"] >= cfg.optim.early_stopping:
-            log(f"early stopping: no better val mAP for {cfg.optim.early_stopping} epochs (last: {row.get('val_mAP')})")
-            break
+                self._interrupted()
+            return False
+        return True
 
+    def _refit_budget(self, elapsed: float, epochs_run: int) -> None:
+        p = self.p
+        fitting = refit_to_budget(self.cfg.max_minutes, self.cfg.optim.epochs, p.epoch, p.epochs, elapsed, epochs_run)
+        if fitting > p.epoch:
+            self._replan(fitting)
+        else:
+            p.epochs = fitting  # another epoch would overrun the budget: this one was the last
 
-def _end_epoch(cfg, info, device, run_dir, data: RunData, t: Trainer, p: Progress, epoch: int) -> dict[str, Any]:
-    """Validate raw (and EMA) weights, log the epoch, write metrics and checkpoints."""
-    for net in (t.raw, t.ema.module if t.ema else None):
-        if net is not None:
-            sync_buffers(net, info)
-    row: dict[str, Any] = {
-        "epoch": epoch,
-        "train_loss": p.loss_sum / max(p.images, 1),
-        "lr": t.optimizer.param_groups[0]["lr"],
-        "train_images_per_second": p.images / p.seconds,
-    }
-    candidates = {"raw": t.raw} | ({"ema": t.ema.module} if t.ema else {})
-    scored = {tag: _validate(net, data, t, device, cfg, info) for tag, net in candidates.items()}
-    if scored["raw"] is not None:
-        row |= {"val_loss": scored["raw"]["loss"]} | {f"val_{k}": scored["raw"]["metrics"][k] for k in VAL_KEYS}
-    if scored.get("ema") is not None:
-        row["val_mAP_ema"] = scored["ema"]["metrics"]["mAP"]
-    row["seconds"] = p.seconds  # training time of the epoch (validation excluded), summed over resumes
-    p.epoch, p.step, p.loss_sum, p.images, p.seconds = epoch, 0, 0.0, 0, 0.0
-    p.history.append(row)
-    log(summary_line(row, p.epochs))
+    def _replan(self, epochs: int) -> None:
+        """The run will have ``epochs`` epochs in all: a one-cycle or cosine schedule now ends with the last."""
+        if epochs != self.p.epochs:
+            self.t.schedule.replan(epochs * self.optim_steps_per_epoch, self.t.optimizer)
+            self.p.epochs = epochs
 
-    # Best by validation mAP over the raw and EMA weights; with no validation the latest epoch wins.
-    tag = _pick(scored)
-    chosen = scored[tag]
-    score = float(epoch) if chosen is None or chosen["metrics"]["mAP"] is None else chosen["metrics"]["mAP"]
-    is_best = p.best["score"] is None or score > p.best["score"]
-    if is_best:
-        p.best = {"score": score, "epoch": epoch, "weights": tag}
-    if info.is_main:
-        write_metrics_csv(run_dir / "metrics.csv", p.history)
+    def _end_epoch(self, epoch: int) -> dict[str, Any]:
+        """Validate raw (and EMA) weights, log the epoch, write metrics and checkpoints."""
+        t, p = self.t, self.p
+        candidates = {"raw": t.raw} | ({"ema": t.ema.module} if t.ema else {})
+        for net in candidates.values():
+            sync_buffers(net, self.info)
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            "train_loss": p.loss_sum / max(p.images, 1),
+            "lr": t.optimizer.param_groups[0]["lr"],
+            "train_images_per_second": p.images / p.seconds,
+        }
+        scored = {tag: self._validate(net) for tag, net in candidates.items()}
+        if scored["raw"] is not None:
+            row |= {"val_loss": scored["raw"]["loss"]} | {f"val_{k}": scored["raw"]["metrics"][k] for k in VAL_KEYS}
+        if scored.get("ema") is not None:
+            row["val_mAP_ema"] = scored["ema"]["metrics"]["mAP"]
+        row["seconds"] = p.seconds  # training time of the epoch (validation excluded), summed over resumes
+        p.epoch, p.step, p.loss_sum, p.images, p.seconds = epoch, 0, 0.0, 0, 0.0
+        p.history.append(row)
+        log(summary_line(row, p.epochs))
+        # Best by validation mAP over the raw and EMA weights; with no validation the latest epoch wins.
+        tag = _pick(scored)
+        chosen = scored[tag]
+        score = float(epoch) if chosen is None or chosen["metrics"]["mAP"] is None else chosen["metrics"]["mAP"]
+        is_best = p.best["score"] is None or score > p.best["score"]
         if is_best:
-            meta = checkpoint_meta(cfg, data.class_names, data.preprocessing, epoch, chosen, cfg.thresholds)
-            save_checkpoint(
-                run_dir / "checkpoints" / "best", candidates[tag], meta | {"weights": tag, "best_by": "val_mAP"}
-            )
-            if chosen is not None:
-                _save_predictions(
-                    run_dir / "predictions" / "val.npz",
-                    chosen["preds"],
-                    data.val_records,
-                    data.class_names,
-                    meta["thresholds"],
-                )
-    _save_last(cfg, run_dir, data, t, p, info, val=scored["raw"])
-    return row
+            p.best = {"score": score, "epoch": epoch, "weights": tag}
+        if self.info.is_main:
+            write_metrics_csv(self.run_dir / "metrics.csv", p.history)
+            if is_best:
+                self._save_best(candidates[tag], chosen, tag)
+        self._save_last(val=scored["raw"])
+        return row
 
-
-def _validate(net, data: RunData, t: Trainer, device, cfg: TrainConfig, info: DistInfo) -> dict[str, Any] | None:
-    if data.val_loader is None:
-        return None
-    preds = evaluate(
-        net,
-        data.val_loader,
-        device,
-        t.loss_fn,
-        max_steps=1 if cfg.dry_run else None,
-        progress=cfg.progress,
-        desc="val",
-        precision=t.opts.precision,
-        channels_last=t.opts.channels_last,
-        pre=data.preprocessing,
-    )
-    if info.enabled:  # every rank evaluated its shard: gather, order by index, drop the padding duplicates
-        losses = np.full(len(preds.indices), preds.loss, np.float64)
-        idx, probs, targets, masks, losses = gather_rows(
-            info, preds.indices, preds.probs, preds.targets, preds.masks, losses
+    def _validate(self, net: torch.nn.Module) -> dict[str, Any] | None:
+        loader = self.data.val_loader
+        if loader is None:
+            return None
+        preds = score_loader(
+            net,
+            loader,
+            self.t.opts.forward,
+            loss_fn=self.t.loss_fn,
+            max_steps=1 if self.cfg.dry_run else None,
+            progress=self.cfg.progress,
+            desc="val",
         )
-        preds = Predictions(probs, targets, masks, idx, float(losses.mean()) if len(losses) else 0.0, preds.bad_images)
-    metrics = compute_metrics(preds.probs, preds.targets, preds.masks, 0.5, data.class_names)
-    return {"loss": preds.loss, "preds": preds, "metrics": metrics}
+        if self.info.enabled:  # every rank evaluated its shard: gather, order by index, drop the padding duplicates
+            losses = np.full(len(preds.indices), preds.loss, np.float64)
+            idx, probs, targets, masks, losses = gather_rows(
+                self.info, preds.indices, preds.probs, preds.targets, preds.masks, losses
+            )
+            preds = Predictions(
+                probs, targets, masks, idx, float(losses.mean()) if len(losses) else 0.0, preds.bad_images
+            )
+        metrics = compute_metrics(preds.probs, preds.targets, preds.masks, 0.5, self.data.class_names)
+        return {"loss": preds.loss, "preds": preds, "metrics": metrics}
+
+    # ---- the run folder --------------------------------------------------------------------------------------
+
+    def _meta(self, val: dict | None) -> dict[str, Any]:
+        return checkpoint_meta(
+            self.model_spec,
+            self.data.class_names,
+            self.data.preprocessing,
+            self.p.epoch,
+            val,
+            self.cfg.thresholds,
+            to_dict(self.cfg),
+        )
+
+    def _save_best(self, net: torch.nn.Module, chosen: dict | None, tag: str) -> None:
+        meta = self._meta(chosen)
+        save_checkpoint(self.run_dir / "checkpoints" / "best", net, meta | {"weights": tag, "best_by": "val_mAP"})
+        if chosen is not None:
+            save_scored(
+                self.run_dir / "predictions" / "val.npz",
+                chosen["preds"],
+                self.data.val_records,
+                self.data.class_names,
+                meta["thresholds"],
+            )
+
+    def _save_last(self, val: dict | None) -> None:
+        """The resume point: raw weights, EMA, optimizer/schedule/RNG state, progress. Rank 0 writes it."""
+        barrier(self.info)
+        if self.info.is_main:
+            last = self.run_dir / "checkpoints" / "last"
+            meta = self._meta(val)
+            if val is None and (last / "meta.json").is_file():  # mid-epoch: keep the epoch's tuned thresholds
+                old = read_meta(last)
+                meta["thresholds"], meta["threshold_info"] = old.get("thresholds"), old.get("threshold_info")
+            save_checkpoint(
+                last,
+                self.t.raw,
+                meta | {"weights": "raw", "progress": asdict(self.p)},
+                train_state=trainer_state(self.t),
+                ema=self.t.ema.module if self.t.ema else None,
+            )
+        barrier(self.info)
+
+    def finish(self) -> RunResult:
+        """History plot, the test set scored with the best checkpoint, the report."""
+        ckpt, p = self.run_dir / "checkpoints", self.p
+        result = RunResult(self.run_dir, ckpt / "best", ckpt / "last", p.best["epoch"], p.history,
+                           class_names=self.data.class_names, last_model=self.t.raw)  # fmt: skip
+        if self.data.val_loader is not None:
+            log(f"best epoch {p.best['epoch']} (val mAP {p.best['score']:.4f}, {p.best['weights']} weights)")
+        else:
+            log(f"no validation set: kept the last epoch ({p.best['epoch']})")
+        if self.info.is_main:
+            plot_history_png(p.history, self.run_dir / "history.png")
+            if self.data.test_records:
+                result.test_metrics = self._test(result.best_checkpoint)
+            if self.cfg.report and not self.cfg.dry_run:
+                self._write_report()
+        barrier(self.info)
+        return result
+
+    def _test(self, checkpoint: Path) -> dict[str, Any]:
+        c = self.cfg
+        batch = BatchOptions(self.device, c.optim.batch_size, c.data.num_workers, c.progress)
+        scored = score_checkpoint(checkpoint, self.data.test_records, batch)
+        report = evaluation_report(scored, data_name=str(c.data.test))
+        save_scored(
+            self.run_dir / "predictions" / "test.npz",
+            scored.preds,
+            scored.records,
+            scored.class_names,
+            scored.meta.get("thresholds"),
+        )
+        (self.run_dir / "test_metrics.json").write_text(json.dumps(report, indent=2))
+        return report
+
+    def _write_report(self) -> None:
+        from mlic.insight.report import build_report
+
+        try:
+            log(f"report: {build_report(self.run_dir)}")
+        except Exception as exc:  # a report must never cost the user a finished training run
+            log(f"warning: could not write the report: {type(exc).__name__}: {exc}")
+
+    def _tensorboard(self):
+        if not (self.cfg.tensorboard and self.info.is_main):
+            return contextlib.nullcontext()
+        from mlic.engine.tensorboard_log import TensorboardWriter
+
+        return TensorboardWriter(self.run_dir / "tensorboard")
+
+    def _interrupted(self) -> None:
+        where = (
+            f"after epoch {self.p.epoch} step {self.p.step}; checkpoint written to {self.run_dir / 'checkpoints/last'}"
+        )
+        raise self.stop.interrupted(where, f"Continue with: mlic train --resume {self.run_dir}")
 
 
 def _pick(scored: dict) -> str:
@@ -265,139 +379,8 @@ def _pick(scored: dict) -> str:
     return "raw"
 
 
-def _save_last(cfg, run_dir: Path, data: RunData, t: Trainer, p: Progress, info: DistInfo, val) -> None:
-    """The resume point: raw weights, EMA, optimizer/schedule/RNG state, progress. Rank 0 writes it."""
-    barrier(info)
-    if info.is_main:
-        meta = checkpoint_meta(cfg, data.class_names, data.preprocessing, p.epoch, val, cfg.thresholds)
-        if val is None and (old := _read_meta_or_none(run_dir / "checkpoints" / "last")):
-            meta["thresholds"], meta["threshold_info"] = old.get("thresholds"), old.get("threshold_info")
-        save_checkpoint(
-            run_dir / "checkpoints" / "last",
-            t.raw,
-            meta | {"weights": "raw", "progress": asdict(p)},
-            train_state=trainer_state(t),
-            ema=t.ema.module if t.ema else None,
-        )
-    barrier(info)
-
-
-def _finish(cfg, info, device, run_dir: Path, data: RunData, p: Progress) -> RunResult:
-    ckpt = run_dir / "checkpoints"
-    result = RunResult(run_dir, ckpt / "best", ckpt / "last", p.best["epoch"], p.history, class_names=data.class_names)
-    if data.val_loader is not None:
-        log(f"best epoch {p.best['epoch']} (val mAP {p.best['score']:.4f}, {p.best['weights']} weights)")
-    else:
-        log(f"no validation set: kept the last epoch ({p.best['epoch']})")
-    if info.is_main:
-        plot_history_png(p.history, run_dir / "history.png")
-        if data.test_records:
-            result.test_metrics = _test(result.best_checkpoint, data, cfg, device, run_dir)
-        if cfg.report and not cfg.dry_run:
-            _write_report(run_dir)
-    barrier(info)
-    return result
-
-
-def _test(checkpoint: Path, data: RunData, cfg: TrainConfig, device, run_dir: Path) -> dict[str, Any]:
-    from mlic.evaluation import evaluate_checkpoint
-
-    report = evaluate_checkpoint(
-        checkpoint,
-        data.test_records,
-        batch_size=cfg.optim.batch_size,
-        device=device,
-        num_workers=cfg.data.num_workers,
-        progress=cfg.progress,
-        keep_predictions=True,
-    )
-    preds = report.pop("_predictions")
-    meta = read_meta(checkpoint)
-    _save_predictions(
-        run_dir / "predictions" / "test.npz", preds, data.test_records, data.class_names, meta.get("thresholds")
-    )
-    (run_dir / "test_metrics.json").write_text(json.dumps(report, indent=2))
-    return report
-
-
-def _save_predictions(path: Path, preds: Predictions, records, class_names, thresholds) -> None:
-    try:
-        from mlic.predictions_io import save_predictions
-    except ImportError:  # reports are optional; training never fails for want of them
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    paths = [str(records[i].path) for i in preds.indices]
-    save_predictions(
-        path,
-        probs=preds.probs,
-        targets=preds.targets,
-        masks=preds.masks,
-        paths=paths,
-        class_names=list(class_names),
-        thresholds=thresholds,
-    )
-
-
-def _write_report(run_dir: Path) -> None:
-    try:
-        from mlic.report import build_report
-    except ImportError:
-        return
-    try:
-        log(f"report: {build_report(run_dir)}")
-    except Exception as exc:  # a report must never cost the user a finished training run
-        log(f"warning: could not write the report: {type(exc).__name__}: {exc}")
-
-
 def _report_bad(bad: list[tuple[str, str]], limit: int = 5) -> None:
     for path, reason in bad[:limit]:
         log(f"warning: skipped unreadable image {path}: {reason}")
     if len(bad) > limit:
         log(f"warning: ... and {len(bad) - limit} more unreadable images skipped")
-
-
-def _read_meta_or_none(path: Path) -> dict | None:
-    try:
-        return read_meta(path)
-    except Exception:
-        return None
-
-
-def _raise_interrupted(stop: _StopFlag, run_dir: Path, p: Progress) -> None:
-    name = signal.Signals(stop.signum).name
-    raise TrainingInterrupted(
-        f"{name}: stopped after epoch {p.epoch} step {p.step}; checkpoint written to {run_dir / 'checkpoints/last'}. "
-        f"Continue with: mlic train --resume {run_dir}",
-        128 + stop.signum,
-    )
-
-
-class _StopFlag:
-    """SIGTERM / SIGINT set a flag; the loop finishes its step, checkpoints and stops (preemption-friendly)."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-
-    def _handle(self, signum, frame) -> None:
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now
-        self.signum = signum
-        log(f"{signal.Signals(signum).name} received: finishing the current step, then writing a checkpoint")
-
-    def installed(self):
-        import contextlib
-        import threading
-
-        @contextlib.contextmanager
-        def scope():
-            if threading.current_thread() is not threading.main_thread():
-                yield
-                return
-            old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
-            try:
-                yield
-            finally:
-                for s, handler in old.items():
-                    signal.signal(s, handler)
-
-        return scope()

@@ -1,22 +1,18 @@
-"""One training epoch and one evaluation pass: plain code, read top to bottom."""
+"""One training epoch: plain code, read top to bottom (the evaluation pass is ``evaluation.scoring``'s)."""
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import islice
 
-import numpy as np
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from mlic.data.dataset import Batch
-from mlic.data.transforms import Preprocessing, batch_inputs
-from mlic.engine.ema import ModelEma
-from mlic.engine.precision import Precision
+from mlic.engine.trainer import StepOptions, Trainer
+from mlic.errors import UserError
 
 
 @dataclass
@@ -47,44 +43,24 @@ class Span:
     total: int
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """Too many consecutive non-finite losses: the run is diverging, not hitting one bad batch."""
 
 
-@dataclass
-class StepOptions:
-    """How one optimisation step is done; plain values, resolved by ``fit``."""
-
-    precision: Precision = field(default_factory=lambda: Precision("fp32", None, False))
-    channels_last: bool = False
-    accum_steps: int = 1  # optimizer step every N batches
-    clip_grad: float = 0.0  # max global gradient norm; 0 = no clipping
-    max_bad_steps: int = 5  # consecutive non-finite losses before giving up
-    scaler: torch.amp.GradScaler | None = None  # fp16 on CUDA only
-    pre: Preprocessing = field(default_factory=Preprocessing)  # normalisation of the uint8 batches
-
-
 def train_one_epoch(
-    model: nn.Module,
+    t: Trainer,
     loader: Iterable[Batch],
-    loss_fn: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    device: torch.device,
     *,
     epoch: int,
-    opts: StepOptions | None = None,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-    ema: ModelEma | None = None,
-    mixer: Callable | None = None,
     span: Span | None = None,
     should_stop: Callable[[], bool] | None = None,
     progress: bool = True,
 ) -> EpochStats:
-    """Run the steps of ``span`` (default: the whole loader); stop early, after an optimizer step, when
-    ``should_stop()`` turns true (SIGTERM, step checkpoints)."""
-    opts = opts or StepOptions()
+    """Run the steps of ``span`` (default: the whole loader) with trainer ``t``; stop early, after an optimizer
+    step, when ``should_stop()`` turns true (SIGTERM, step checkpoints)."""
     span = span or Span(0, len(loader), len(loader))
-    model.train()
+    opts, device = t.opts, t.opts.forward.device
+    t.model.train()
     total_loss, seen, bad, skipped, bad_in_row, stopped = 0.0, 0, [], 0, 0, False
     step = span.first
     start = time.perf_counter()
@@ -104,21 +80,20 @@ def train_one_epoch(
         bad += batch.errors
         if len(batch) == 0:  # every image in this batch was unreadable
             continue
-        # uint8 -> flipped, normalised float on the device (one batched op each instead of per-image work)
-        images = batch_inputs(batch.images, batch.flips, opts.pre, device, channels_last=opts.channels_last)
         targets = batch.targets.to(device, non_blocking=True)
         masks = batch.masks.to(device, non_blocking=True)
-        if mixer is not None:  # MixUp/CutMix: soft targets, masks combined
-            images, targets, masks = mixer(images, targets, masks)
 
-        # forward under autocast (bf16/fp16 where chosen); the loss is computed in fp32
-        with opts.precision.autocast(device):
-            logits = model(images)
-        loss = loss_fn(logits.float(), targets, masks)
+        # forward: uint8 -> flipped, normalised float on the device (MixUp/CutMix mix that float batch and
+        # its targets), then the model under autocast (bf16/fp16 where chosen); the loss is computed in fp32
+        if t.mixer is None:
+            logits = opts.forward.logits(t.model, batch.images, batch.flips)
+        else:
+            logits, targets, masks = _mixed_forward(t, batch, targets, masks)
+        loss = t.loss_fn(logits.float(), targets, masks)
 
         # a NaN/inf loss must not reach the weights: drop this step's gradients, count, go on
         if not torch.isfinite(loss):
-            optimizer.zero_grad(set_to_none=True)
+            t.optimizer.zero_grad(set_to_none=True)
             skipped, bad_in_row = skipped + 1, bad_in_row + 1
             tqdm.write(f"warning: epoch {epoch} step {step}: non-finite loss ({loss.item()}), step skipped")
             if bad_in_row >= opts.max_bad_steps:
@@ -134,18 +109,17 @@ def train_one_epoch(
         (opts.scaler.scale(scaled) if opts.scaler else scaled).backward()
 
         # log: .item() syncs with the device, once per step is cheap enough at these batch sizes
-        n = images.shape[0]
+        n = len(batch)
         total_loss += loss.item() * n
         seen += n
         bar.set_postfix(loss=f"{total_loss / seen:.4f}", img_s=f"{seen / (time.perf_counter() - start):.1f}")
 
         # step every accum_steps batches and at the end of the epoch; only then may we stop early
         if step % opts.accum_steps == 0 or step == span.total:
-            _optimizer_step(model, optimizer, opts)
-            if scheduler is not None:
-                scheduler.step()
-            if ema is not None:
-                ema.update(model)
+            _optimizer_step(t.model, t.optimizer, opts)
+            t.schedule.advance(t.optimizer)
+            if t.ema is not None:
+                t.ema.update(t.model)
             if should_stop is not None and step < span.end and should_stop():
                 stopped = True
                 break
@@ -153,7 +127,17 @@ def train_one_epoch(
     return EpochStats(total_loss, seen, time.perf_counter() - start, step, stopped, bad, skipped)
 
 
-def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, opts: StepOptions) -> None:
+def _mixed_forward(t: Trainer, batch: Batch, targets: torch.Tensor, masks: torch.Tensor):
+    """MixUp/CutMix the normalised float batch (soft targets, masks combined), then the forward pass."""
+    from mlic.data.transforms import batch_inputs
+
+    f = t.opts.forward
+    images = batch_inputs(batch.images, batch.flips, f.pre, f.device, channels_last=f.channels_last)
+    images, targets, masks = t.mixer(images, targets, masks)
+    return f.logits(t.model, images), targets, masks
+
+
+def _optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, opts: StepOptions) -> None:
     """Unscale (fp16), clip, step, zero."""
     if opts.scaler is not None:
         opts.scaler.unscale_(optimizer)
@@ -165,63 +149,3 @@ def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, opts: St
     else:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-
-
-@dataclass
-class Predictions:
-    probs: np.ndarray  # (N, C) sigmoid probabilities
-    targets: np.ndarray  # (N, C) 0/1
-    masks: np.ndarray  # (N, C) 1 = known
-    indices: np.ndarray  # (N,) dataset positions of the rows (unreadable images are absent)
-    loss: float
-    bad_images: list[tuple[str, str]]
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    loader: Iterable[Batch],
-    device: torch.device,
-    loss_fn: nn.Module | None = None,
-    *,
-    max_steps: int | None = None,
-    progress: bool = True,
-    desc: str = "eval",
-    precision: Precision | None = None,
-    channels_last: bool = False,
-    pre: Preprocessing | None = None,
-) -> Predictions:
-    """Run the model over ``loader`` and collect probabilities with their targets and masks."""
-    model.eval()
-    probs, targets, masks, indices, bad = [], [], [], [], []
-    total_loss, seen = 0.0, 0
-    for step, batch in enumerate(tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress)):
-        if max_steps is not None and step >= max_steps:
-            break
-        bad += batch.errors
-        if len(batch) == 0:
-            continue
-        images = batch_inputs(batch.images, None, pre or Preprocessing(), device, channels_last=channels_last)
-        with precision.autocast(device) if precision else contextlib.nullcontext():
-            logits = model(images).float()
-        if loss_fn is not None:
-            loss = loss_fn(logits, batch.targets.to(device), batch.masks.to(device))
-            total_loss += loss.item() * len(batch)
-        seen += len(batch)
-        probs.append(torch.sigmoid(logits).cpu().numpy())
-        targets.append(batch.targets.numpy())
-        masks.append(batch.masks.numpy())
-        indices.append(batch.indices.numpy())
-    c = _num_outputs(model)
-    return Predictions(
-        probs=np.concatenate(probs) if probs else np.zeros((0, c), np.float32),
-        targets=np.concatenate(targets) if targets else np.zeros((0, c), np.float32),
-        masks=np.concatenate(masks) if masks else np.zeros((0, c), np.float32),
-        indices=np.concatenate(indices) if indices else np.zeros(0, np.int64),
-        loss=total_loss / max(seen, 1),
-        bad_images=bad,
-    )
-
-
-def _num_outputs(model: nn.Module) -> int:
-    return int(getattr(model, "num_classes", 0))

@@ -1,14 +1,11 @@
-"""Optimizers and learning-rate schedules, built from plain values."""
+"""Optimizers, built from plain values (their learning rate over time is ``engine.schedule``'s)."""
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("constant", "cosine", "onecycle")
+from mlic.config import OPTIMIZERS
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -37,31 +34,3 @@ def build_optimizer(
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
     raise ValueError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
-
-
-def build_scheduler(
-    optimizer: torch.optim.Optimizer, name: str, *, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.0
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """A per-optimizer-step schedule: ``constant`` (the seed's), ``cosine`` with linear warm-up, ``onecycle``."""
-    total_steps = max(total_steps, 1)
-    if name == "constant":
-        factor = _constant
-    elif name == "cosine":
-        warmup = min(warmup_steps, total_steps - 1)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            progress = (step - warmup) / max(total_steps - warmup, 1)
-            return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    elif name == "onecycle":
-        max_lrs = [g["lr"] for g in optimizer.param_groups]
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lrs, total_steps=total_steps + 1)
-    else:
-        raise ValueError(f"unknown schedule {name!r}; choose one of: {', '.join(SCHEDULES)}")
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def _constant(step: int) -> float:
-    return 1.0

@@ -9,13 +9,12 @@ from typing import Any
 
 import torch
 
-from mlic.checkpoint import load_train_state, load_weights, read_meta
-from mlic.config import ConfigError, TrainConfig, save_config, to_dict
-from mlic.engine.console import log
-from mlic.engine.data_setup import RunData
-from mlic.engine.distributed import DistInfo
+from mlic.checkpoint import CheckpointError, load_train_state, load_weights, read_meta
+from mlic.config import ConfigError
 from mlic.engine.run_folder import make_run_dir
 from mlic.engine.trainer import Trainer, load_trainer_state
+from mlic.runtime.console import log
+from mlic.runtime.distributed import DistInfo
 
 # Config keys a resumed run must share with the checkpoint; anything else (epochs, workers, device) may change.
 RESUME_KEYS = (
@@ -28,6 +27,7 @@ RESUME_KEYS = (
     "optim.batch_size",
     "optim.accum_steps",
     "optim.optimizer",
+    "optim.schedule",
     "optim.loss",
     "optim.ema",
     "seed",
@@ -38,7 +38,7 @@ RESUME_KEYS = (
 class Progress:
     """Where training stands; stored in ``checkpoints/last/meta.json`` so a run can resume exactly."""
 
-    epochs: int  # planned (a time budget may lower it after epoch 1)
+    epochs: int  # planned (a time budget may change it)
     epoch: int = 0  # completed epochs
     step: int = 0  # steps done in epoch ``epoch + 1``
     loss_sum: float = 0.0  # partial-epoch loss and image count, so a resumed epoch logs the same mean
@@ -49,24 +49,27 @@ class Progress:
     best: dict[str, Any] = field(default_factory=lambda: {"score": None, "epoch": 0, "weights": "raw"})
 
 
-def restore(last: Path, cfg: TrainConfig, data: RunData, t: Trainer) -> Progress:
+def restore(last: Path, config: dict[str, Any], class_names: list[str], t: Trainer) -> Progress:
+    """Load the resume point ``last`` into ``t``: weights, EMA, optimizer, schedule, RNG; return the progress."""
     meta = read_meta(last)
-    check_compatible(meta, cfg, data.class_names, last)
+    check_compatible(meta, config, class_names, last)
     state, ema = load_train_state(last)
     load_weights(last, t.raw)
-    if t.ema is not None and ema is not None:
-        t.ema.module.load_state_dict(ema)
-    load_trainer_state(t, state)
-    p = Progress(**meta["progress"])
+    try:
+        if t.ema is not None and ema is not None:
+            t.ema.module.load_state_dict(ema)
+        load_trainer_state(t, state)
+        p = Progress(**meta["progress"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # another run's, another version's, damaged
+        raise CheckpointError(f"{last}: cannot resume from this training state ({type(exc).__name__}: {exc})") from None
     log(f"resuming from {last}: epoch {p.epoch} complete, {p.step} step(s) into epoch {p.epoch + 1}")
     return p
 
 
-def check_compatible(meta: dict, cfg: TrainConfig, class_names: list[str], path: Path) -> None:
-    saved, now = meta.get("config", {}), to_dict(cfg)
-    diffs = []
+def check_compatible(meta: dict, config: dict[str, Any], class_names: list[str], path: Path) -> None:
+    saved, diffs = meta.get("config", {}), []
     for dotted in RESUME_KEYS:
-        a, b = saved, now
+        a, b = saved, config
         for part in dotted.split("."):
             a, b = (a or {}).get(part), (b or {}).get(part)
         if a != b:
@@ -77,20 +80,18 @@ def check_compatible(meta: dict, cfg: TrainConfig, class_names: list[str], path:
         raise ConfigError(f"cannot resume from {path}: the config differs in " + "; ".join(diffs))
 
 
-def resolve_run_dir(cfg: TrainConfig, overwrite: bool, resume: str | None, info: DistInfo) -> Path:
+def resolve_run_dir(output_dir: str, name: str | None, overwrite: bool, resume: str | None, info: DistInfo) -> Path:
+    """The run folder: the one to resume, or a new one (rank 0 makes it and tells the others)."""
     if resume and resume != "auto":
         run_dir = Path(resume)
     elif resume == "auto":
-        run_dir = Path(cfg.output_dir) / (cfg.name or "")
-        if not cfg.name:
+        if not name:
             raise ConfigError("--resume auto needs --name (the run folder to continue)")
+        run_dir = Path(output_dir) / name
     else:
-        run_dir = make_run_dir(cfg.output_dir, cfg.name, overwrite) if info.is_main else None
-        run_dir = broadcast_path(run_dir, info)
+        run_dir = broadcast_path(make_run_dir(output_dir, name, overwrite) if info.is_main else None, info)
     if resume and not (run_dir / "checkpoints" / "last" / "meta.json").is_file():
         raise ConfigError(f"--resume: no complete checkpoint in {run_dir / 'checkpoints' / 'last'}")
-    if info.is_main:
-        save_config(cfg, run_dir / "config.yaml")
     return run_dir
 
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
-from mlic.config import ThresholdConfig, TrainConfig, to_dict
+from mlic.config import ThresholdConfig
 from mlic.data.transforms import Preprocessing
-from mlic.thresholds import tune_thresholds
+from mlic.evaluation.thresholds import tune_thresholds
 
 METRIC_COLUMNS = [
     "epoch", "train_loss", "val_loss", "val_mAP", "val_f1_micro", "val_f1_macro", "val_f1_samples",
@@ -28,18 +28,17 @@ def make_run_dir(output_dir: str, name: str | None, overwrite: bool) -> Path:
     return run_dir
 
 
-def model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
-    """Constructor arguments, stored in checkpoints so the model can be rebuilt (plain JSON values)."""
-    kwargs: dict[str, Any] = {"drop_rate": cfg.model.drop_rate}
-    if cfg.model.name == "seed_cnn":
-        kwargs |= {"widths": list(cfg.model.widths), "hidden": cfg.model.hidden}
-    return kwargs
-
-
 def checkpoint_meta(
-    cfg: TrainConfig, class_names, pre: Preprocessing, epoch: int, val: dict | None, tcfg: ThresholdConfig
+    model: dict[str, Any],
+    class_names,
+    pre: Preprocessing,
+    epoch: int,
+    val: dict | None,
+    tcfg: ThresholdConfig,
+    config: dict[str, Any],
 ) -> dict[str, Any]:
-    """Checkpoint metadata; thresholds are tuned on this epoch's validation predictions (None: 0.5 everywhere)."""
+    """Checkpoint metadata: ``model`` is {"name", "kwargs"}, ``config`` the run's config as a dict; thresholds are
+    tuned on this epoch's validation predictions (None: 0.5 everywhere)."""
     thresholds, info = None, None
     if val is not None and len(val["preds"].probs):
         p = val["preds"]
@@ -48,14 +47,14 @@ def checkpoint_meta(
         )
         thresholds, info = [float(x) for x in tuned.thresholds], tuned.to_dict()
     return {
-        "model": {"name": cfg.model.name, "kwargs": model_kwargs(cfg)},
+        "model": model,
         "class_names": list(class_names),
         "thresholds": thresholds,
         "threshold_info": info,
         "preprocessing": pre.to_dict(),
         "epoch": epoch,
         "metrics": _scalar_metrics(val["metrics"]) if val else {},
-        "config": to_dict(cfg),
+        "config": config,
         "created": datetime.now().isoformat(timespec="seconds"),
         "torch_version": torch.__version__,
     }
@@ -87,6 +86,6 @@ def summary_line(row: dict[str, Any], epochs: int) -> str:
 
 
 def plot_history_png(history: list[dict[str, Any]], path: Path) -> None:
-    from mlic.plots import plot_history
+    from mlic.insight.plots import plot_history
 
     plot_history(history, path)

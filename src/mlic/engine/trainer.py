@@ -1,28 +1,42 @@
-"""The trainer: model, optimizer, schedule, loss, EMA, mixing, built once from the config;
-its state (everything an exact resume needs) saved and restored as plain tensors and numbers."""
+"""The trainer: model, optimizer, schedule, loss, EMA, mixing, built once from the model, optim and runtime
+settings; its state (everything an exact resume needs) saved and restored as plain tensors and numbers."""
 
 from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from mlic.config import ConfigError, TrainConfig
+from mlic.config import ConfigError, ModelConfig, OptimConfig, RuntimeConfig
 from mlic.data.dataset import MultiLabelDataset
 from mlic.data.mixing import Mixer
-from mlic.engine.console import log
-from mlic.engine.distributed import DistInfo
 from mlic.engine.ema import ModelEma
-from mlic.engine.loop import StepOptions
-from mlic.engine.optim import build_optimizer, build_scheduler
-from mlic.engine.precision import resolve_precision
-from mlic.engine.run_folder import model_kwargs
+from mlic.engine.optim import build_optimizer
+from mlic.engine.schedule import LrSchedule
+from mlic.evaluation.scoring import Forward
 from mlic.losses import auto_pos_weight, build_loss
 from mlic.models import build_model
+from mlic.runtime.console import log
+from mlic.runtime.distributed import DistInfo
+from mlic.runtime.precision import resolve_precision
+
+# What a resumed run may find in train_state.pt; anything else means it was written by something else.
+STATE_KEYS = {"optimizer", "schedule", "rng", "scaler", "mixer_rng", "ema_updates"}
+
+
+@dataclass
+class StepOptions:
+    """How one optimisation step is done; plain values, resolved by ``build_trainer``."""
+
+    forward: Forward  # device, memory layout, precision, normalisation of the uint8 batches
+    accum_steps: int = 1  # optimizer step every N batches
+    clip_grad: float = 0.0  # max global gradient norm; 0 = no clipping
+    max_bad_steps: int = 5  # consecutive non-finite losses before giving up
+    scaler: torch.amp.GradScaler | None = None  # fp16 on CUDA only
 
 
 @dataclass
@@ -32,31 +46,43 @@ class Trainer:
     model: torch.nn.Module  # what is trained: the bare model, or wrapped by DDP / torch.compile
     raw: torch.nn.Module  # the bare model: evaluated and saved
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    schedule: LrSchedule
     loss_fn: torch.nn.Module
     opts: StepOptions
-    ema: ModelEma | None
-    mixer: Mixer | None
+    ema: ModelEma | None = None
+    mixer: Mixer | None = field(default=None)
+
+
+def model_kwargs(model: ModelConfig) -> dict[str, Any]:
+    """Constructor arguments, stored in checkpoints so the model can be rebuilt (plain JSON values)."""
+    kwargs: dict[str, Any] = {"drop_rate": model.drop_rate}
+    if model.name == "seed_cnn":
+        kwargs |= {"widths": list(model.widths), "hidden": model.hidden}
+    return kwargs
 
 
 def build_trainer(
-    cfg: TrainConfig,
-    num_classes: int,
+    model_cfg: ModelConfig,
+    o: OptimConfig,
+    runtime: RuntimeConfig,
     train_ds: MultiLabelDataset,
+    *,
+    seed: int,
     steps_per_epoch: int,
     device: torch.device,
     info: DistInfo,
 ) -> Trainer:
-    o = cfg.optim
-    raw = _build_model(cfg, num_classes, device, info)
-    precision = resolve_precision(cfg.runtime.precision, device)
-    channels_last = cfg.runtime.channels_last and device.type in ("cpu", "cuda")
+    raw = build_network(model_cfg, len(train_ds.class_names), seed=seed, sync_bn=runtime.sync_bn and info.enabled)
+    precision = resolve_precision(runtime.precision, device)
+    channels_last = runtime.channels_last and device.type in ("cpu", "cuda")
     raw.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     optimizer = build_optimizer(raw, o.optimizer, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum)
     optim_steps = math.ceil(steps_per_epoch / o.accum_steps)
-    scheduler = build_scheduler(
-        optimizer, o.schedule, total_steps=optim_steps * o.epochs, warmup_steps=round(o.warmup_epochs * optim_steps)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
+    schedule = LrSchedule(
+        o.schedule, optim_steps * o.epochs, base_lrs, warmup_steps=round(o.warmup_epochs * optim_steps)
     )
+    schedule.apply(optimizer)
     pos_weight = auto_pos_weight(train_ds.targets, train_ds.masks).to(device) if o.pos_weight == "auto" else None
     loss_fn = build_loss(
         o.loss,
@@ -67,50 +93,47 @@ def build_trainer(
         clip=o.asl_clip,
     )
     scaler = torch.amp.GradScaler(device.type) if precision.use_scaler else None
-    opts = StepOptions(precision, channels_last, o.accum_steps, o.clip_grad, scaler=scaler, pre=train_ds.pipeline.pre)
+    forward = Forward(device, train_ds.pipeline.pre, channels_last, precision)
+    opts = StepOptions(forward, o.accum_steps, o.clip_grad, scaler=scaler)
     mixer = None
     if o.mixup_alpha > 0 or o.cutmix_alpha > 0:
-        mixer = Mixer(
-            mixup_alpha=o.mixup_alpha,
-            cutmix_alpha=o.cutmix_alpha,
-            prob=o.mix_prob,
-            generator=torch.Generator(device="cpu").manual_seed(cfg.seed),
-        )
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        mixer = Mixer(mixup_alpha=o.mixup_alpha, cutmix_alpha=o.cutmix_alpha, prob=o.mix_prob, generator=generator)
     ema = ModelEma(raw, o.ema_decay) if o.ema else None
     model = raw
     if info.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
         model = DistributedDataParallel(raw, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.runtime.compile:
-        # Off by default: on CPU, inductor measured slower than eager for training (issue 5's table).
-        model = torch.compile(model)
+    if runtime.compile:
+        model = torch.compile(model)  # off by default: on CPU, inductor measured slower than eager for training
+    extras = (
+        (", EMA" if ema else "") + (", MixUp/CutMix" if mixer else "") + (f", DDP x{info.world_size}" * info.enabled)
+    )
     log(
         f"precision {precision.name}, channels_last {channels_last}, optimizer {o.optimizer}, schedule {o.schedule}, "
-        f"loss {o.loss}"
-        + (", EMA" if ema else "")
-        + (", MixUp/CutMix" if mixer else "")
-        + (f", DDP x{info.world_size}" if info.enabled else "")
+        f"loss {o.loss}{extras}"
     )
-    return Trainer(model, raw, optimizer, scheduler, loss_fn, opts, ema, mixer)
+    return Trainer(model, raw, optimizer, schedule, loss_fn, opts, ema, mixer)
 
 
-def _build_model(cfg: TrainConfig, num_classes: int, device: torch.device, info: DistInfo) -> torch.nn.Module:
+def build_network(model_cfg: ModelConfig, num_classes: int, *, seed: int, sync_bn: bool) -> torch.nn.Module:
+    """The bare model, from local pretrained weights where asked."""
     # Every rank builds the model from the same seed, so initial weights are identical (DDP also
     # broadcasts rank 0's at start-up); data order and augmentation differ per rank by sample index.
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(seed)
     try:
-        model = build_model(cfg.model.name, num_classes, **model_kwargs(cfg))
+        model = build_model(model_cfg.name, num_classes, **model_kwargs(model_cfg))
     except (ValueError, ImportError) as exc:
-        raise ConfigError(f"--model {cfg.model.name}: {exc}") from None
-    if cfg.model.pretrained:
+        raise ConfigError(f"--model {model_cfg.name}: {exc}") from None
+    if model_cfg.pretrained:
         from mlic.models.pretrained import load_pretrained
 
         try:
-            log(f"pretrained weights: {load_pretrained(model, cfg.model.pretrained).summary()}")
-        except ValueError as exc:
+            log(f"pretrained weights: {load_pretrained(model, model_cfg.pretrained).summary()}")
+        except (ValueError, FileNotFoundError) as exc:
             raise ConfigError(f"--pretrained: {exc}") from None
-    if cfg.runtime.sync_bn and info.enabled:
+    if sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model
 
@@ -121,7 +144,7 @@ def trainer_state(t: Trainer) -> dict[str, Any]:
     np_state = np.random.get_state()
     state: dict[str, Any] = {
         "optimizer": t.optimizer.state_dict(),
-        "scheduler": t.scheduler.state_dict(),
+        "schedule": t.schedule.state_dict(),
         "rng": {
             "python": random.getstate(),
             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
@@ -139,8 +162,12 @@ def trainer_state(t: Trainer) -> dict[str, Any]:
 
 
 def load_trainer_state(t: Trainer, state: dict[str, Any]) -> None:
+    """Restore ``trainer_state``'s output; a state from another run or another mlic is a ValueError naming why."""
+    unknown = set(state) - STATE_KEYS
+    if unknown or not {"optimizer", "schedule", "rng"} <= set(state):
+        raise ValueError(f"unexpected keys {sorted(unknown)} or missing optimizer/schedule/rng (keys: {sorted(state)})")
     t.optimizer.load_state_dict(state["optimizer"])
-    t.scheduler.load_state_dict(state["scheduler"])
+    t.schedule.load_state_dict(state["schedule"])
     if t.opts.scaler is not None and "scaler" in state:
         t.opts.scaler.load_state_dict(state["scaler"])
     if t.mixer is not None and "mixer_rng" in state:

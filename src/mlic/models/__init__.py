@@ -6,10 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from mlic.models.pretrained import LoadReport, load_pretrained, set_backbone_trainable
 from mlic.models.seed_cnn import SeedCNN
-
-__all__ = ["MODELS", "LoadReport", "build_model", "load_pretrained", "set_backbone_trainable"]
 
 MODELS: dict[str, type[nn.Module]] = {"seed_cnn": SeedCNN}
 
@@ -19,7 +16,7 @@ def build_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
 
     Built-in names (``seed_cnn``) take their constructor's kwargs (``widths``, ``hidden``,
     ``drop_rate``). Any other name is looked up in timm (the optional extra ``zoo``), which takes
-    ``drop_rate`` only. Weights are never downloaded; see ``load_pretrained`` for local files.
+    ``drop_rate`` only. Weights are never downloaded; see ``models.pretrained`` for local files.
     """
     if name in MODELS:
         return MODELS[name](num_classes=num_classes, **kwargs)

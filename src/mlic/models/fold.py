@@ -35,6 +35,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
 
 def count_batchnorm(model: nn.Module) -> int:
+    """BatchNorm layers left in ``model`` (0 after folding a model whose every BatchNorm follows a conv)."""
     return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 

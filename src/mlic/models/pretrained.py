@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mlic.checkpoint import unwrap_model
+from mlic.models.unwrap import unwrap_model
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 TORCH_SUFFIXES = (".pth", ".pt", ".bin")

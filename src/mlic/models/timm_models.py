@@ -14,6 +14,8 @@ from typing import Any
 
 from torch import nn
 
+from mlic.errors import MissingExtraError
+
 ZOO_HINT = "pip install 'mlic[zoo]'"
 
 
@@ -22,7 +24,7 @@ def import_timm(model_name: str) -> ModuleType:
     try:
         import timm
     except ImportError:
-        raise ImportError(f"model {model_name!r} needs timm: {ZOO_HINT}") from None
+        raise MissingExtraError(f"model {model_name!r} needs timm: {ZOO_HINT}") from None
     return timm
 
 

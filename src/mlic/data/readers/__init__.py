@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from mlic.config import LABEL_FORMATS
 from mlic.data.readers.coco import read_coco
 from mlic.data.readers.csv_reader import StrPath, read_csv, read_text
 from mlic.data.readers.folder import read_folder
@@ -32,7 +33,7 @@ __all__ = [
     "read_voc",
 ]
 
-FORMATS = ("csv", "tsv", "jsonl", "coco", "voc", "openimages", "folder")
+FORMATS = tuple(f for f in LABEL_FORMATS if f != "auto")  # what the if/elif in read_records reads
 
 # read_records keyword -> the command-line flag that sets it, for error messages users can act on
 OPTION_FLAGS = {

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mlic.data.generated import begin_build, check_build_args, finish_build, is_complete, write_tag_csv
+from mlic.data.builders.generated import begin_build, check_build_args, finish_build, is_complete, write_tag_csv
 from mlic.data.records import DataError
 
 # Fashion-MNIST's label order, written as CSV-safe tags (no spaces or slashes): "T-shirt/top" -> tshirt_top.

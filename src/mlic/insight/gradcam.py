@@ -140,22 +140,22 @@ def explain_image(
 
     Files are ``<output_dir>/<image stem>_<label>.png``; each caption gives the label's probability.
     """
-    from mlic.data.images import decode_image
-    from mlic.inference import Predictor
-    from mlic.plots import plot_gradcam_overlay
+    from mlic.inference.predictor import Predictor, labels_at
+    from mlic.insight.plots import plot_gradcam_overlay
 
     predictor = Predictor.from_checkpoint(checkpoint, device=device)
     names = predictor.class_names
     unknown = [name for name in labels or () if name not in names]
     if unknown:
         raise ValueError(f"unknown label(s) {', '.join(unknown)}; the model knows: {', '.join(names)}")
-    pil = decode_image(image, draft_size=predictor.preprocessing.draft_size)
-    x = predictor.transform(pil).unsqueeze(0)
+    pil = predictor.loader.decode(image)
+    x = predictor.loader.transform(pil).unsqueeze(0)
     probs = predictor.predict_probabilities(x)[0]
     if labels:
         chosen = [names.index(name) for name in dict.fromkeys(labels)]
     else:
-        chosen = [int(c) for c in np.flatnonzero(probs >= predictor.thresholds)] or [int(np.argmax(probs))]
+        predicted = labels_at(probs, predictor.thresholds, names)
+        chosen = [names.index(name) for name in predicted] or [int(np.argmax(probs))]
     maps = gradcam(predictor.model, x, chosen, target_layer=target_layer)
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

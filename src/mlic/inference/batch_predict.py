@@ -22,14 +22,18 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mlic.inference import BasePredictor, Prediction
+from mlic.errors import UserError
+
+if TYPE_CHECKING:  # torch-free at import: `mlic predict --help` lists FORMATS from here
+    from mlic.inference.predictor import BasePredictor, Prediction
 
 FORMATS = ("table", "csv", "jsonl", "json")
 RESUMABLE = ("csv", "jsonl")
 
 
-class ResumeError(ValueError):
+class ResumeError(UserError, ValueError):
     """The existing output file cannot be continued (other format or columns)."""
 
 

@@ -6,23 +6,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from mlic.checkpoint import load_checkpoint
-from mlic.data.dataset import MultiLabelDataset
-from mlic.data.loader import build_loader, load_records
 from mlic.data.records import Record
-from mlic.data.transforms import Preprocessing, build_eval_pipeline
-from mlic.engine.loop import evaluate
-from mlic.engine.runtime import select_device
-from mlic.inference import resolve_thresholds
-from mlic.metrics import compute_metrics
-from mlic.models.fold import inference_form
+from mlic.data.sources import load_records
+from mlic.evaluation.metrics import compute_metrics
+from mlic.evaluation.scoring import BatchOptions, Scored, score_checkpoint
+from mlic.evaluation.thresholds import resolve_thresholds
 
 OVERALL_KEYS = [
     "mAP", "roc_auc_macro", "f1_micro", "f1_macro", "f1_samples", "precision_micro", "precision_macro",
     "precision_samples", "recall_micro", "recall_macro", "recall_samples", "hamming_loss", "exact_match",
 ]  # fmt: skip
+
+UNREADABLE_LISTED = 20  # unreadable images named in the printed report; the JSON has every one
 
 
 def evaluate_checkpoint(
@@ -33,43 +28,36 @@ def evaluate_checkpoint(
     image_root: str | Path | None = None,
     label_delimiter: str | None = None,
     threshold: float | None = None,
-    batch_size: int = 32,
-    device: str | torch.device = "auto",
-    num_workers: int = -1,
-    progress: bool = True,
-    keep_predictions: bool = False,
+    batch: BatchOptions | None = None,
 ) -> dict[str, Any]:
-    """Metrics of ``checkpoint`` on ``data`` (a label file/folder, or records) as a JSON-ready dict."""
-    dev = device if isinstance(device, torch.device) else select_device(device)
-    model, meta = load_checkpoint(checkpoint, device=dev)
-    model, channels_last = inference_form(model, dev)
-    records = (
-        data
-        if not isinstance(data, str | Path)
-        else load_records(data, fmt=fmt, image_root=image_root, label_delimiter=label_delimiter)
-    )
-    class_names = list(meta["class_names"])
-    known = set(class_names)
-    unseen = sorted({name for r in records for name in r.positives} - known)
-    pre = Preprocessing.from_dict(meta["preprocessing"])
-    dataset = MultiLabelDataset(records, class_names, build_eval_pipeline(pre))
-    loader = build_loader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    preds = evaluate(model, loader, dev, progress=progress, desc="evaluate", pre=pre, channels_last=channels_last)
+    """Metrics of ``checkpoint`` on ``data`` (a label file/folder read with ``fmt``, ``image_root`` and
+    ``label_delimiter``, or records) as a JSON-ready dict."""
+    if isinstance(data, str | Path):
+        records = load_records(data, fmt=fmt, image_root=image_root, label_delimiter=label_delimiter)
+        name = str(data)
+    else:
+        records, name = list(data), f"{len(data)} records"
+    return evaluation_report(score_checkpoint(checkpoint, records, batch), threshold, name)
 
+
+def evaluation_report(scored: Scored, threshold: float | None = None, data_name: str = "") -> dict[str, Any]:
+    """The metrics of scored predictions at the checkpoint's thresholds (or ``threshold``), and at 0.5."""
+    meta, preds, class_names = scored.meta, scored.preds, scored.class_names
+    unseen = sorted({name for r in scored.records for name in r.positives} - set(class_names))
     method = (meta.get("threshold_info") or {}).get("method")
     thresholds, source = resolve_thresholds(meta.get("thresholds"), len(class_names), threshold, method)
     metrics = compute_metrics(preds.probs, preds.targets, preds.masks, thresholds, class_names)
     # Always also at 0.5, so the effect of tuned thresholds is visible side by side.
     at_half = compute_metrics(preds.probs, preds.targets, preds.masks, 0.5, class_names)
     return {
-        "checkpoint": str(checkpoint),
-        "data": str(data) if isinstance(data, str | Path) else f"{len(records)} records",
+        "checkpoint": str(scored.checkpoint),
+        "data": data_name or f"{len(scored.records)} records",
         "thresholds": source,
         "labels_not_in_model": unseen,
         "unreadable_images": [{"path": p, "reason": r} for p, r in preds.bad_images],
         **metrics,
         "at_threshold_0.5": {k: at_half[k] for k in OVERALL_KEYS},
-    } | ({"_predictions": preds} if keep_predictions else {})
+    }
 
 
 def _fmt(value: Any) -> str:
@@ -103,6 +91,9 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(
             f"labels in the data the model does not know (ignored): {', '.join(report['labels_not_in_model'])}"
         )
-    if report.get("unreadable_images"):
-        lines.append(f"unreadable images skipped: {len(report['unreadable_images'])}")
+    if bad := report.get("unreadable_images"):
+        lines.append(f"unreadable images skipped: {len(bad)}")
+        lines += [f"  {item['path']}: {item['reason']}" for item in bad[:UNREADABLE_LISTED]]
+        if len(bad) > UNREADABLE_LISTED:
+            lines.append(f"  ... and {len(bad) - UNREADABLE_LISTED} more (all of them in the JSON report)")
     return "\n".join(lines)

@@ -1,7 +1,7 @@
 """``mlic report``: one self-contained HTML page per run, drawn only from what the run saved.
 
 Inputs, all in the run folder: ``config.yaml``, ``metrics.csv``, ``checkpoints/best`` (class names, thresholds,
-and the weights for Grad-CAM) and ``predictions/*.npz`` (see ``mlic.predictions_io``). So a finished run is
+and the weights for Grad-CAM) and ``predictions/*.npz`` (see ``mlic.evaluation.prediction_files``). So a finished run is
 reported on without retraining, and ``--data`` adds a new labelled set by predicting it with the best checkpoint.
 
 The page embeds every picture as base64 (PNG plots, small JPEG thumbnails) and its Content-Security-Policy
@@ -23,8 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from mlic.predictions_io import collect_predictions, load_predictions, save_predictions
-from mlic.report_html import page_html, section, table_html
+from mlic.data.sources import load_records
+from mlic.evaluation.prediction_files import load_predictions, save_scored
+from mlic.evaluation.scoring import BatchOptions, score_checkpoint
+from mlic.insight.page import page_html, section, table_html
 
 REPORT_FILE = "report.html"
 PREDICTIONS_DIR = "predictions"
@@ -46,38 +48,31 @@ def build_report(
     image_root: str | Path | None = None,
     label_delimiter: str | None = None,
     predictions: str | Path | None = None,
-    device: str = "cpu",
-    batch_size: int = 32,
-    num_workers: int = -1,
-    progress: bool = False,
+    batch: BatchOptions | None = None,
 ) -> Path:
     """Write the HTML report of ``run_dir`` (default ``run_dir/report.html``) and return its path.
 
     The evaluated set is ``predictions`` if given, else ``data`` (predicted now with the best checkpoint and
     saved under ``run_dir/predictions/``), else the run's test predictions, else its validation predictions.
+    ``batch``: how ``data`` is predicted, and the device of the Grad-CAM maps (default: CPU, no progress bars).
     """
+    batch = batch or BatchOptions(device="cpu", progress=False)
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.csv").is_file() and not (run_dir / "checkpoints" / "best").is_dir():
         raise FileNotFoundError(f"{run_dir}: not an mlic run folder (no metrics.csv, no checkpoints/best)")
     if data is not None:
-        from mlic.data.loader import load_records
-
         records = load_records(data, fmt=fmt, image_root=image_root, label_delimiter=label_delimiter)
-        keywords = collect_predictions(
-            run_dir / "checkpoints" / "best",
-            records,
-            batch_size=batch_size,
-            device=device,
-            num_workers=num_workers,
-            progress=progress,
+        scored = score_checkpoint(run_dir / "checkpoints" / "best", records, batch, desc="predict")
+        out_npz = run_dir / PREDICTIONS_DIR / f"data_{Path(data).stem}.npz"
+        predictions = save_scored(
+            out_npz, scored.preds, scored.records, scored.class_names, scored.meta.get("thresholds")
         )
-        predictions = save_predictions(run_dir / PREDICTIONS_DIR / f"data_{Path(data).stem}.npz", **keywords)
     run = _load_run(run_dir, predictions)
     sections = [
         _summary_section(run),
         _data_section(run),
         _training_section(run),
-        *_evaluation_sections(run, device),
+        *_evaluation_sections(run, str(batch.device)),
     ]
     page = page_html(f"mlic report: {run_dir.name}", sections)
     out = Path(out) if out is not None else run_dir / REPORT_FILE
@@ -111,7 +106,7 @@ def _load_run(run_dir: Path, predictions: str | Path | None) -> dict[str, Any]:
         pred = None
     metrics = None
     if pred is not None:
-        from mlic.metrics import compute_metrics
+        from mlic.evaluation.metrics import compute_metrics
 
         metrics = compute_metrics(
             pred["probs"], pred["targets"], pred["masks"], pred["thresholds"], pred["class_names"]
@@ -172,7 +167,7 @@ def _set_name(run: dict[str, Any]) -> str:
 
 
 def _data_section(run: dict[str, Any]) -> str:
-    from mlic.plots import plot_label_frequency
+    from mlic.insight.plots import plot_label_frequency
 
     cfg_data = run["config"].get("data", {}) if isinstance(run["config"], dict) else {}
     rows, train_counts = [], None
@@ -209,8 +204,6 @@ def _data_section(run: dict[str, Any]) -> str:
 
 def _label_counts(source: str, cfg_data: dict[str, Any]) -> tuple[int, dict[str, int]] | None:
     """(images, positives per label) of a label file named in the config; None if it cannot be read here."""
-    from mlic.data.loader import load_records
-
     try:
         records = load_records(
             source,
@@ -230,7 +223,7 @@ def _label_counts(source: str, cfg_data: dict[str, Any]) -> tuple[int, dict[str,
 
 
 def _training_section(run: dict[str, Any]) -> str:
-    from mlic.plots import plot_training_curves
+    from mlic.insight.plots import plot_training_curves
 
     if not run["history"]:
         return section("training", "Training curves", '<p class="missing">No metrics.csv in this run.</p>')
@@ -251,8 +244,8 @@ def _evaluation_sections(run: dict[str, Any], device: str) -> list[str]:
     pred = run["pred"]
     if pred is None:
         return [section(key, title, f'<p class="missing">{NO_PREDICTIONS}</p>') for key, title in titles]
-    from mlic.metrics import predict_labels
-    from mlic.report_images import galleries_html, gradcam_html
+    from mlic.evaluation.metrics import predict_labels
+    from mlic.insight.galleries import galleries_html, gradcam_html
 
     known = pred["masks"] > 0
     predicted = predict_labels(pred["probs"], pred["thresholds"]) & known
@@ -279,7 +272,7 @@ def _per_class_table(metrics: dict[str, Any], counts: dict[str, np.ndarray]) -> 
 
 
 def _curves(metrics: dict[str, Any], pred: dict[str, Any], known: np.ndarray) -> str:
-    from mlic.plots import plot_calibration, plot_pr_grid
+    from mlic.insight.plots import plot_calibration, plot_pr_grid
 
     names, per_class = pred["class_names"], metrics["per_class"]
     order = sorted(range(len(names)), key=lambda c: (-per_class[c]["support"], str(names[c])))
@@ -305,7 +298,7 @@ def _curves(metrics: dict[str, Any], pred: dict[str, Any], known: np.ndarray) ->
 
 
 def _errors(names: list[str], true: np.ndarray, predicted: np.ndarray, counts: dict[str, np.ndarray]) -> str:
-    from mlic.plots import plot_cooccurrence_pair, plot_error_counts
+    from mlic.insight.plots import plot_cooccurrence_pair, plot_error_counts
 
     body = ""
     if len(names) < 2:
@@ -324,7 +317,7 @@ def _errors(names: list[str], true: np.ndarray, predicted: np.ndarray, counts: d
 def pr_curve(scores: np.ndarray, targets: np.ndarray, known: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
     """(recall, precision) at every distinct score of one label's known entries, from recall 0; None without positives.
 
-    Tied scores form one operating point, as in ``mlic.metrics.average_precision``.
+    Tied scores form one operating point, as in ``mlic.evaluation.metrics.average_precision``.
     """
     s, t = np.asarray(scores, np.float64)[known], np.asarray(targets)[known] > 0
     if not t.any():

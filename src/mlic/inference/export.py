@@ -19,7 +19,6 @@ silenced here.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import warnings
@@ -32,20 +31,22 @@ from torch import nn
 
 from mlic.checkpoint import load_checkpoint
 from mlic.data.transforms import Preprocessing
+from mlic.inference.export_format import (
+    EXPORT_FORMAT,
+    EXPORT_VERSION,
+    FORMATS,
+    INPUT_DTYPES,
+    INPUT_NAME,
+    METADATA_PREFIX,
+    OUTPUT_NAME,
+    TORCHSCRIPT_METADATA,
+    ExportError,
+    metadata_from_props,
+)
+from mlic.models.fold import count_batchnorm, fold_batchnorm
 
-EXPORT_FORMAT = "mlic-export"
-EXPORT_VERSION = 1
-FORMATS = ("onnx", "torchscript")
-INPUT_DTYPES = ("uint8", "float32")
-INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
-METADATA_PREFIX = "mlic."  # ONNX metadata_props keys
-TORCHSCRIPT_METADATA = "mlic.json"  # TorchScript _extra_files entry
 # The exported model must agree with the checkpoint to this much (probabilities) or export fails.
 PARITY_TOLERANCE = 1e-4
-
-
-class ExportError(ValueError):
-    """The export could not be written or does not reproduce the checkpoint."""
 
 
 class ExportedModel(nn.Module):
@@ -76,26 +77,6 @@ class ExportResult:
     metadata: dict[str, Any]
     max_abs_diff: float  # exported vs checkpoint probabilities on a random batch
     folded_batchnorms: int = 0
-
-
-def fold_batchnorm(model: nn.Module) -> int:
-    """Fold every eval-mode BatchNorm2d that directly follows a Conv2d in an ``nn.Sequential`` into it.
-
-    In place; returns the number of pairs folded. Covers the seed CNN; models built differently
-    (timm's ConvNormAct) are left as they are, and ONNX Runtime folds those itself when loading.
-    """
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    folded = 0
-    for seq in model.modules():
-        if not isinstance(seq, nn.Sequential):
-            continue
-        for i in range(len(seq) - 1):
-            conv, bn = seq[i], seq[i + 1]
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
-                seq[i], seq[i + 1] = fuse_conv_bn_eval(conv.eval(), bn.eval()), nn.Identity()
-                folded += 1
-    return folded
 
 
 def export_metadata(meta: dict[str, Any], input_dtype: str) -> dict[str, Any]:
@@ -131,17 +112,19 @@ def export_model(
     fails if probabilities differ by more than ``PARITY_TOLERANCE``.
     """
     if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+        raise ExportError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    if input_dtype not in INPUT_DTYPES:
+        raise ExportError(f"unknown input dtype {input_dtype!r}; choose one of: {', '.join(INPUT_DTYPES)}")
     if opset is not None and fmt != "onnx":
-        raise ValueError("opset applies to ONNX export only")
+        raise ExportError("--opset applies to ONNX export only")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     model, meta = load_checkpoint(checkpoint, device="cpu")
     pre = Preprocessing.from_dict(meta["preprocessing"])
     metadata = export_metadata(meta, input_dtype)
     reference = ExportedModel(model, pre, input_dtype).eval()
-    folded_model = copy.deepcopy(model).eval()
-    folded = fold_batchnorm(folded_model)
+    folded_model = fold_batchnorm(model)
+    folded = count_batchnorm(model) - count_batchnorm(folded_model)
     wrapper = ExportedModel(folded_model, pre, input_dtype).eval()
     example = _example_batch(pre.image_size, input_dtype, batch=2)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -250,15 +233,3 @@ def read_export_metadata(path: str | Path) -> dict[str, Any]:
         warnings.simplefilter("ignore")
         torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     return json.loads(extra[TORCHSCRIPT_METADATA])
-
-
-def metadata_from_props(props: dict[str, str], source: str | Path) -> dict[str, Any]:
-    """Parse ``mlic.<key>`` ONNX metadata entries back into the metadata dict; checks format and version."""
-    meta = {k[len(METADATA_PREFIX) :]: json.loads(v) for k, v in props.items() if k.startswith(METADATA_PREFIX)}
-    if meta.get("format") != EXPORT_FORMAT:
-        raise ExportError(f"{source}: not an mlic export (no {METADATA_PREFIX}format = {EXPORT_FORMAT!r} metadata)")
-    if meta.get("version") != EXPORT_VERSION:
-        raise ExportError(
-            f"{source}: mlic export version {meta.get('version')} is not supported (reads {EXPORT_VERSION})"
-        )
-    return meta

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+from mlic.config import PRECISIONS
 
 
 @functools.cache

@@ -16,14 +16,18 @@ The OpenAPI page at ``/docs`` is FastAPI's Swagger UI, which loads its JavaScrip
 # Only the standard library at import time: `mlic --help` imports this module for the serve defaults, and
 # torch alone takes seconds to import.
 import asyncio
+import dataclasses
 import json
-import os
 import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
+
+from mlic.config import at_least, setting
+from mlic.errors import MissingExtraError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -33,12 +37,38 @@ if TYPE_CHECKING:
     from mlic.data.images import ImageDecodeError
 
 STATIC_DIR = Path(__file__).parent / "static"
-DEFAULT_MAX_UPLOAD_BYTES = 32 * 2**20
-# 48 MP phone photos (8000 x 6000) pass. Such an image is 144 MB as RGB and peaks at several times that while
-# decoding and resizing (measured: ~850 MB for 64 MP), so decoding runs at most min(8, CPUs) images at once.
-DEFAULT_MAX_PIXELS = 50_000_000
-DEFAULT_MAX_IN_FLIGHT = 32
-DEFAULT_MAX_FILES = 16
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    """What one server accepts; the ``mlic serve`` flags are derived from these fields."""
+
+    max_upload_mb: float = setting(32.0, "largest request body in MiB", rule=at_least(0.001))
+    # 48 MP phone photos (8000 x 6000) pass. Such an image is 144 MB as RGB and peaks at several times that while
+    # decoding and resizing (measured: ~850 MB for 64 MP), so decoding runs at most min(8, CPUs) images at once.
+    # Lower than training's limit on purpose: a server decodes what strangers send.
+    max_pixels: int = setting(50_000_000, "largest image a request may hold, width x height", rule=at_least(1))
+    max_files: int = setting(16, "images per request", rule=at_least(1))
+    max_in_flight: int = setting(32, "predict requests served at once; more get 503", rule=at_least(1))
+    max_batch: int = setting(
+        1,
+        "images per model call, batched across requests; above 1 is faster on a GPU but "
+        "moves probabilities by float rounding with the load (1: bit-exact)",
+        rule=at_least(1),
+    )
+    retry_after_s: int = setting(1, "Retry-After of a 503, in seconds", rule=at_least(1))
+
+    def __post_init__(self) -> None:
+        from mlic.config import collect_settings
+
+        for s in collect_settings(ServeLimits):
+            s.check(getattr(self, s.key))
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 2**20)
+
+
 MISSING_EXTRA = "mlic serve needs FastAPI, uvicorn and python-multipart: pip install 'mlic[serve]'"
 
 # The web page may only load what this server sends: no CDN, no external fonts, no inline script.
@@ -191,7 +221,7 @@ class _BodyLimit:
             await self._reject(send)
 
     async def _reject(self, send) -> None:
-        detail = f"request body is larger than the limit of {self.max_bytes:,} bytes (max_upload_bytes)"
+        detail = f"request body is larger than the limit of {self.max_bytes:,} bytes (--max-upload-mb)"
         await _send_json(send, 413, {"detail": detail}, {"connection": "close"})
 
 
@@ -218,13 +248,13 @@ class _InFlightLimit:
 class _Service:
     """What the routes do, kept apart from FastAPI wiring: decode, queue for the model, format the answer."""
 
-    def __init__(self, predictor, *, max_pixels: int, max_files: int, max_batch: int, decode_threads: int) -> None:
-        self.predictor, self.max_pixels, self.max_files = predictor, max_pixels, max_files
+    def __init__(self, predictor, limits: ServeLimits, decode_threads: int) -> None:
+        self.predictor, self.max_files = predictor, limits.max_files
+        # the predictor's own pixels (decoder, reduced-size decoding, eval transform) under the server's pixel limit
+        self.loader = dataclasses.replace(predictor.loader, max_pixels=limits.max_pixels)
         self.class_names: list[str] = list(predictor.class_names)
-        # Python floats hold float32 probabilities and float64 thresholds exactly, so `p >= t` below is the very
-        # comparison Predictor makes in NumPy.
         self.thresholds = [float(t) for t in predictor.thresholds]
-        self.worker = _ModelWorker(predictor.predict_probabilities, max_batch)
+        self.worker = _ModelWorker(predictor.predict_probabilities, limits.max_batch)
         # Bounds decoded-pixel memory to decode_threads images at a time, however many requests are in flight.
         self._decoding = threading.BoundedSemaphore(decode_threads)
 
@@ -236,12 +266,8 @@ class _Service:
         }
 
     def _decode(self, data: bytes) -> "torch.Tensor":
-        from mlic.data.images import decode_image
-
         with self._decoding:
-            return self.predictor.transform(
-                decode_image(data, max_pixels=self.max_pixels, draft_size=self.predictor.preprocessing.draft_size)
-            )
+            return self.loader(data)
 
     async def _predict_one(self, name: str, data: bytes) -> tuple[int, dict[str, Any]]:
         from starlette.concurrency import run_in_threadpool
@@ -252,11 +278,13 @@ class _Service:
             image = await run_in_threadpool(self._decode, data)
         except ImageDecodeError as exc:
             return _status_for(exc), {"filename": name, "labels": [], "probabilities": {}, "error": exc.reason}
-        probs = [float(p) for p in await asyncio.wrap_future(self.worker.submit(image))]
+        from mlic.inference.predictor import labels_at
+
+        probs = await asyncio.wrap_future(self.worker.submit(image))
         return 200, {
             "filename": name,
-            "labels": [n for n, p, t in zip(self.class_names, probs, self.thresholds, strict=True) if p >= t],
-            "probabilities": dict(zip(self.class_names, probs, strict=True)),
+            "labels": labels_at(probs, self.predictor.thresholds, self.class_names),  # predict's very rule
+            "probabilities": {n: float(p) for n, p in zip(self.class_names, probs, strict=True)},
             "error": None,
         }
 
@@ -279,16 +307,7 @@ class _Service:
 
 
 def create_app(
-    checkpoint_or_predictor,
-    *,
-    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
-    max_batch: int = 1,
-    max_files: int = DEFAULT_MAX_FILES,
-    retry_after_s: int = 1,
-    device: str = "auto",
-    threshold: float | None = None,
+    checkpoint_or_predictor, limits: ServeLimits | None = None, *, device: str = "auto", threshold: float | None = None
 ) -> "FastAPI":
     """The FastAPI app serving a checkpoint folder or a loaded ``Predictor``; limits as in the module docstring.
 
@@ -303,24 +322,18 @@ def create_app(
 
         from mlic import __version__
     except ImportError as exc:
-        raise ImportError(MISSING_EXTRA) from exc
-    for name, value in (("max_upload_bytes", max_upload_bytes), ("max_pixels", max_pixels)):
-        if value < 1:
-            raise ValueError(f"{name} must be positive, got {value}")
-    if min(max_in_flight, max_batch, max_files, retry_after_s) < 1:
-        raise ValueError("max_in_flight, max_batch, max_files and retry_after_s must be at least 1")
+        raise MissingExtraError(MISSING_EXTRA) from exc
+    from mlic.runtime.cpu import cpu_count
+
+    limits = limits or ServeLimits()
     predictor = checkpoint_or_predictor
     if isinstance(predictor, str | Path):
-        from mlic.inference import Predictor
+        from mlic.inference.predictor import Predictor
 
         predictor = Predictor.from_checkpoint(predictor, device=device, threshold=threshold)
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    service = _Service(
-        predictor, max_pixels=max_pixels, max_files=max_files, max_batch=max_batch, decode_threads=min(8, cpus)
-    )
-    gate = _Gate(max_in_flight)
-    limits = {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels, "max_in_flight": max_in_flight}
-    limits |= {"max_files": max_files, "max_batch": max_batch}
+    service = _Service(predictor, limits, decode_threads=min(8, cpu_count()))
+    gate = _Gate(limits.max_in_flight)
+    shown = dataclasses.asdict(limits) | {"max_upload_bytes": limits.max_upload_bytes}
 
     @asynccontextmanager
     async def lifespan(app):
@@ -328,8 +341,8 @@ def create_app(
         service.worker.close()
 
     app = FastAPI(title="mlic", description=_API_DESCRIPTION, version=__version__, lifespan=lifespan)
-    app.add_middleware(_InFlightLimit, gate=gate, retry_after_s=retry_after_s)
-    app.add_middleware(_BodyLimit, max_bytes=max_upload_bytes)  # added last = outermost: runs first
+    app.add_middleware(_InFlightLimit, gate=gate, retry_after_s=limits.retry_after_s)
+    app.add_middleware(_BodyLimit, max_bytes=limits.max_upload_bytes)  # added last = outermost: runs first
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -344,7 +357,7 @@ def create_app(
             "num_classes": len(service.class_names),
             "device": device,
             "in_flight": gate.count,
-            "limits": limits,
+            "limits": shown,
         }
 
     @app.get("/labels", summary="class names and the threshold of each")
@@ -371,18 +384,18 @@ def serve(
     threshold: float | None = None,
     threads: int | None = None,
     log_level: str = "info",
-    **limits: int,
+    limits: ServeLimits | None = None,
 ) -> None:
-    """Load ``checkpoint`` and serve it with uvicorn until interrupted; ``limits`` go to `create_app`."""
+    """Load ``checkpoint`` and serve it with uvicorn until interrupted."""
     try:
         import uvicorn
     except ImportError as exc:
-        raise ImportError(MISSING_EXTRA) from exc
+        raise MissingExtraError(MISSING_EXTRA) from exc
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)  # intra-op threads of the model's forward pass
-    app = create_app(checkpoint, device=device, threshold=threshold, **limits)
+    app = create_app(checkpoint, limits, device=device, threshold=threshold)
     # No Server header and no proxy-header trust: this binds loopback by default and has no authentication.
     uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False, proxy_headers=False)
 
@@ -395,7 +408,7 @@ This page loads Swagger UI from the jsDelivr CDN; the web page at `/` and `/open
 
 _PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "one result per file, in upload order; a file that failed has `error` set"},
-    413: {"description": "body above max_upload_bytes, too many files, or every image above max_pixels"},
+    413: {"description": "body above --max-upload-mb, too many files, or every image above --max-pixels"},
     415: {"description": "no file was an image"},
     422: {"description": "no file uploaded, or every image was broken"},
     503: {"description": "max_in_flight requests already in flight; see Retry-After"},

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from mlic.report_html import gallery_html
+from mlic.insight.page import gallery_html
 
 THUMB_PX = 96
 PER_KIND = 4  # thumbnails per label and kind
@@ -102,17 +102,17 @@ def galleries_html(pred: dict[str, Any], predicted: np.ndarray, true: np.ndarray
 def gradcam_html(checkpoint: Path, pred: dict[str, Any], predicted: np.ndarray, device: str = "cpu") -> str:
     """Grad-CAM overlays for a sample of the evaluated images, one per predicted label (top-1 if none)."""
     from mlic.checkpoint import CheckpointError, load_checkpoint
-    from mlic.data.images import ImageDecodeError, decode_image
-    from mlic.data.transforms import Preprocessing, build_eval_transform
-    from mlic.gradcam import gradcam
+    from mlic.data.images import ImageDecodeError
+    from mlic.data.pixels import eval_loader
+    from mlic.data.transforms import Preprocessing
+    from mlic.insight.gradcam import gradcam
 
     try:
         model, meta = load_checkpoint(checkpoint, device=device)
     except (CheckpointError, ImportError, ValueError) as exc:
         reason = html.escape(str(exc))
         return f'<p class="missing">Grad-CAM needs the best checkpoint, which cannot be loaded: {reason}</p>'
-    pre = Preprocessing.from_dict(meta["preprocessing"])
-    transform = build_eval_transform(pre)
+    loader = eval_loader(Preprocessing.from_dict(meta["preprocessing"]))
     names, probs, paths = pred["class_names"], pred["probs"], pred["paths"]
     rows = []
     candidates = np.unique(np.linspace(0, len(paths) - 1, min(len(paths), 4 * GRADCAM_IMAGES)).round().astype(int))
@@ -120,13 +120,13 @@ def gradcam_html(checkpoint: Path, pred: dict[str, Any], predicted: np.ndarray, 
         if len(rows) == GRADCAM_IMAGES:
             break
         try:
-            image = decode_image(paths[i], draft_size=pre.draft_size)
+            image = loader.decode(paths[i])
         except (ImageDecodeError, OSError):
             continue
         chosen = [int(c) for c in np.flatnonzero(predicted[i])] or [int(np.argmax(probs[i]))]
         chosen = sorted(chosen, key=lambda c: -probs[i, c])[:GRADCAM_MAX_LABELS]
         try:
-            maps = gradcam(model, transform(image).unsqueeze(0), chosen)
+            maps = gradcam(model, loader.transform(image).unsqueeze(0), chosen)
         except (ValueError, RuntimeError) as exc:
             return f'<p class="missing">Grad-CAM does not apply to this model: {html.escape(str(exc))}</p>'
         rows.append(_cam_row(image, paths[i], maps, probs[i], pred["targets"][i], names))
@@ -140,7 +140,7 @@ def gradcam_html(checkpoint: Path, pred: dict[str, Any], predicted: np.ndarray, 
 
 
 def _cam_row(image, path: str, maps: dict[int, np.ndarray], probs, targets, names) -> str:
-    from mlic.plots import heatmap_overlay
+    from mlic.insight.plots import heatmap_overlay
 
     # Scaled to GRADCAM_PX on the long side, up or down, so small images get a smooth map rather than blocks.
     scale = GRADCAM_PX / max(image.size)

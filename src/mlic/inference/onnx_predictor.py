@@ -2,7 +2,7 @@
 
 Everything it needs (class names, thresholds, preprocessing, input dtype) comes from the model's
 own metadata, written by ``mlic export``. Images are decoded by the one decoder and resized by the
-eval transform's own resize up to uint8; scaling, normalisation and the sigmoid run in the graph.
+stage transform up to uint8 (``mlic.data.pixels``); scaling, normalisation and the sigmoid run in the graph.
 """
 
 from __future__ import annotations
@@ -13,33 +13,47 @@ from typing import Any
 import numpy as np
 import torch
 
+from mlic.data.images import DEFAULT_MAX_PIXELS
+from mlic.data.pixels import stage_loader
 from mlic.data.transforms import Preprocessing
-from mlic.export import INPUT_NAME, OUTPUT_NAME, metadata_from_props
-from mlic.inference import BasePredictor, build_uint8_eval_transform
+from mlic.errors import MissingExtraError
+from mlic.inference.export_format import INPUT_NAME, OUTPUT_NAME, ExportError, metadata_from_props
+from mlic.inference.predictor import BasePredictor
 
 
 def import_onnxruntime():
     try:
         import onnxruntime
     except ImportError as exc:
-        raise ImportError("running ONNX models needs the export extra: pip install 'mlic[export]'") from exc
+        raise MissingExtraError("running ONNX models needs the export extra: pip install 'mlic[export]'") from exc
     return onnxruntime
 
 
 class OnnxPredictor(BasePredictor):
     """Exported ONNX model ready to label images. ``threshold`` overrides the exported thresholds."""
 
-    def __init__(self, session: Any, metadata: dict[str, Any], threshold: float | None = None) -> None:
+    def __init__(
+        self,
+        session: Any,
+        metadata: dict[str, Any],
+        threshold: float | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
         self.session, self.meta = session, metadata
         self.class_names = list(metadata["class_names"])
         self.preprocessing = Preprocessing.from_dict(metadata["preprocessing"])
-        self.transform = build_uint8_eval_transform(self.preprocessing)  # PIL -> uint8 (3, S, S)
+        self.loader = stage_loader(self.preprocessing, max_pixels=max_pixels)  # source -> uint8 (3, S, S)
         self.input_dtype = metadata["input"]["dtype"]
         self._set_thresholds(metadata.get("thresholds"), threshold)
 
     @classmethod
     def from_file(
-        cls, path: str | Path, *, threshold: float | None = None, num_threads: int | None = None
+        cls,
+        path: str | Path,
+        *,
+        threshold: float | None = None,
+        num_threads: int | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> OnnxPredictor:
         """Open ``path`` with ONNX Runtime's CPU provider; ``num_threads`` caps its intra-op threads."""
         ort = import_onnxruntime()
@@ -48,12 +62,16 @@ class OnnxPredictor(BasePredictor):
         options = ort.SessionOptions()
         if num_threads is not None:
             options.intra_op_num_threads = num_threads
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        try:
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ONNX Runtime raises its own Fail/InvalidProtobuf/... for a damaged file
+            first = " ".join(str(exc).split())[:200]
+            raise ExportError(f"{path}: not a loadable ONNX model ({type(exc).__name__}: {first})") from None
         metadata = metadata_from_props(session.get_modelmeta().custom_metadata_map, path)
-        return cls(session, metadata, threshold)
+        return cls(session, metadata, threshold, max_pixels)
 
     def predict_probabilities(self, images: torch.Tensor) -> np.ndarray:
-        """(B, 3, S, S) uint8 images (``transform`` outputs) -> (B, C) probabilities."""
+        """(B, 3, S, S) uint8 images (``loader`` outputs) -> (B, C) probabilities."""
         x = images.numpy()
         if self.input_dtype == "float32":
             x = x.astype(np.float32) * np.float32(1.0 / 255.0)

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mlic.data.generated import begin_build, check_build_args, finish_build, is_complete, write_tag_csv
+from mlic.data.builders.generated import begin_build, check_build_args, finish_build, is_complete, write_tag_csv
 
 # Six shapes that stay distinct at ~12 px: filled round, hollow round, 4, 3, 5 and 12 corners.
 CLASSES: tuple[str, ...] = ("circle", "ring", "square", "triangle", "star", "cross")

@@ -23,11 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from numpy.typing import ArrayLike
+
+from mlic.errors import UserError
 
 FORMAT_VERSION = 1
 _KEYS = ("version", "probs", "targets", "masks", "paths", "class_names", "thresholds")
+
+
+class PredictionsFileError(UserError, ValueError):
+    """A predictions file that cannot be read; the message names it."""
 
 
 def save_predictions(
@@ -84,12 +89,12 @@ def load_predictions(path: str | Path) -> dict[str, Any]:
         with np.load(path, allow_pickle=False) as data:
             loaded = {k: data[k] for k in _KEYS if k in data.files}
     except (OSError, EOFError, ValueError) as exc:  # not a zip: numpy tries pickle, refused with a ValueError
-        raise ValueError(f"{path}: not an mlic predictions file ({exc})") from None
+        raise PredictionsFileError(f"{path}: not an mlic predictions file ({exc})") from None
     missing = [k for k in _KEYS if k not in loaded]
     if missing:
-        raise ValueError(f"{path}: not an mlic predictions file (missing {', '.join(missing)})")
+        raise PredictionsFileError(f"{path}: not an mlic predictions file (missing {', '.join(missing)})")
     if int(loaded["version"]) != FORMAT_VERSION:
-        raise ValueError(f"{path}: predictions format version {int(loaded['version'])} is not supported")
+        raise PredictionsFileError(f"{path}: predictions format version {int(loaded['version'])} is not supported")
     return {
         "probs": loaded["probs"].astype(np.float32),
         "targets": loaded["targets"].astype(np.float32),
@@ -100,48 +105,17 @@ def load_predictions(path: str | Path) -> dict[str, Any]:
     }
 
 
-def predictions_from_eval(preds: Any, records: Sequence[Any], class_names: Sequence[str], thresholds) -> dict:
-    """``save_predictions`` keywords from ``mlic.engine.loop.evaluate``'s output on a dataset of ``records``.
+def save_scored(path: str | Path, preds: Any, records: Sequence[Any], class_names: Sequence[str], thresholds) -> Path:
+    """Save ``mlic.evaluation.scoring.Predictions`` made on a dataset of ``records``.
 
     ``preds.indices`` maps rows back to records, since unreadable images are absent from the rows.
     """
-    return {
-        "probs": preds.probs,
-        "targets": preds.targets,
-        "masks": preds.masks,
-        "paths": [str(records[i].path) for i in preds.indices],
-        "class_names": list(class_names),
-        "thresholds": thresholds,
-    }
-
-
-def collect_predictions(
-    checkpoint: str | Path,
-    records: Sequence[Any],
-    *,
-    batch_size: int = 32,
-    device: str | torch.device = "auto",
-    num_workers: int = -1,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Run ``checkpoint`` over labelled ``records`` with its eval preprocessing; ``save_predictions`` keywords.
-
-    Thresholds are the checkpoint's tuned ones (0.5 where it has none), as ``mlic evaluate`` uses them.
-    """
-    from mlic.checkpoint import load_checkpoint
-    from mlic.data.dataset import MultiLabelDataset
-    from mlic.data.loader import build_loader
-    from mlic.data.transforms import Preprocessing, build_eval_pipeline
-    from mlic.engine.loop import evaluate
-    from mlic.engine.runtime import select_device
-    from mlic.models.fold import inference_form
-
-    dev = device if isinstance(device, torch.device) else select_device(device)
-    model, meta = load_checkpoint(checkpoint, device=dev)
-    model, channels_last = inference_form(model, dev)
-    class_names = list(meta["class_names"])
-    pre = Preprocessing.from_dict(meta["preprocessing"])
-    dataset = MultiLabelDataset(records, class_names, build_eval_pipeline(pre))
-    loader = build_loader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    preds = evaluate(model, loader, dev, progress=progress, desc="predict", pre=pre, channels_last=channels_last)
-    return predictions_from_eval(preds, dataset.records, class_names, meta.get("thresholds"))
+    return save_predictions(
+        path,
+        probs=preds.probs,
+        targets=preds.targets,
+        masks=preds.masks,
+        paths=preds.paths(records),
+        class_names=list(class_names),
+        thresholds=thresholds,
+    )

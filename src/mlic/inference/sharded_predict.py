@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from mlic.batch_predict import OutputOptions, PredictSummary, RowFormatter
-from mlic.engine.distributed import DistInfo
-from mlic.inference import BasePredictor
+from mlic.inference.batch_predict import OutputOptions, PredictSummary, RowFormatter
+from mlic.inference.predictor import BasePredictor
+from mlic.runtime.distributed import DistInfo
 
 
 def write_predictions_sharded(

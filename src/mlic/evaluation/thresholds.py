@@ -11,7 +11,7 @@ the test labels played no part in choosing the thresholds.
 
 Rules:
 
-- Predictions follow ``mlic.metrics``: a label is predicted when ``prob >= threshold``; F1 is
+- Predictions follow ``mlic.evaluation.metrics``: a label is predicted when ``prob >= threshold``; F1 is
   scikit-learn's with ``zero_division=0``; unknown entries (mask 0) are ignored everywhere.
 - Candidate operating points are the unique known scores of a class: "predict every entry scoring at
   least this". The returned threshold is the midpoint between the chosen score and the next lower known
@@ -25,15 +25,15 @@ Rules:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-from mlic.metrics import _prf, _validate, predict_labels
-
-METHODS = ("per_class_f1", "global_f1", "fixed")
+from mlic.config import THRESHOLD_METHODS as METHODS
+from mlic.evaluation.metrics import _prf, _validate, predict_labels
 
 # The lowest threshold handed out; see the module docstring.
 _MIN_THRESHOLD = 1e-6
@@ -162,3 +162,17 @@ def _class_f1(probs: np.ndarray, targets: np.ndarray, known: np.ndarray, thresho
     fp = (pred & ~targets).sum(0)
     fn = (~pred & targets).sum(0)
     return _prf(tp, fp, fn)[2]
+
+
+def resolve_thresholds(
+    stored: Sequence[float] | None, n: int, override: float | None, method: str | None = None
+) -> tuple[np.ndarray, str]:
+    """(per-class thresholds, where they came from): ``override``, else the stored ones, else 0.5.
+
+    The one rule evaluate, predict and serve apply to a checkpoint's or an export's thresholds.
+    """
+    if override is not None:
+        return np.full(n, override, np.float64), f"override {override}"
+    if stored is not None:
+        return np.asarray(stored, np.float64), f"checkpoint ({method or 'tuned'})"
+    return np.full(n, 0.5, np.float64), "0.5 (checkpoint has no tuned thresholds)"

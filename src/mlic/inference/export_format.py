@@ -1,0 +1,55 @@
+"""What an exported model carries and promises: names, input contract, metadata, format version.
+
+Torch-free (``mlic export --help`` lists the formats, and ``OnnxPredictor`` reads the metadata, without it).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mlic.errors import UserError
+
+EXPORT_FORMAT = "mlic-export"
+EXPORT_VERSION = 1
+FORMATS = ("onnx", "torchscript")
+INPUT_DTYPES = ("uint8", "float32")
+INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
+METADATA_PREFIX = "mlic."  # ONNX metadata_props keys
+TORCHSCRIPT_METADATA = "mlic.json"  # TorchScript _extra_files entry
+
+
+# file suffix -> export format, for `mlic export CKPT model.onnx` without --to
+SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript"}
+
+
+class ExportError(UserError, ValueError):
+    """The export could not be written or does not reproduce the checkpoint."""
+
+
+def format_for(out: str | Path, to: str | None = None) -> str:
+    """The export format: ``to`` if given, else from ``out``'s suffix."""
+    if to is not None:
+        if to not in FORMATS:
+            raise ExportError(f"--to {to!r}: choose one of: {', '.join(FORMATS)}")
+        return to
+    fmt = SUFFIXES.get(Path(out).suffix.lower())
+    if fmt is None:
+        raise ExportError(f"cannot tell the export format from {str(out)!r}; name it .onnx or .pt, or pass --to")
+    return fmt
+
+
+def metadata_from_props(props: dict[str, str], source: str | Path) -> dict[str, Any]:
+    """Parse ``mlic.<key>`` ONNX metadata entries back into the metadata dict; checks format and version."""
+    try:
+        meta = {k[len(METADATA_PREFIX) :]: json.loads(v) for k, v in props.items() if k.startswith(METADATA_PREFIX)}
+    except json.JSONDecodeError as exc:
+        raise ExportError(f"{source}: its mlic metadata is not valid JSON ({exc})") from None
+    if meta.get("format") != EXPORT_FORMAT:
+        raise ExportError(f"{source}: not an mlic export (no {METADATA_PREFIX}format = {EXPORT_FORMAT!r} metadata)")
+    if meta.get("version") != EXPORT_VERSION:
+        raise ExportError(
+            f"{source}: mlic export version {meta.get('version')} is not supported (reads {EXPORT_VERSION})"
+        )
+    return meta

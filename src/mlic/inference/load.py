@@ -1,0 +1,19 @@
+"""Open whatever model file the user names: a checkpoint folder, or an ``.onnx`` file written by ``mlic export``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlic.data.images import DEFAULT_MAX_PIXELS
+from mlic.inference.predictor import BasePredictor, Predictor
+
+
+def load_predictor(
+    path: str | Path, *, device: str = "auto", threshold: float | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> BasePredictor:
+    """A ``Predictor`` for a checkpoint folder, an ``OnnxPredictor`` (CPU) for an exported ``.onnx`` file."""
+    if Path(path).suffix.lower() == ".onnx":
+        from mlic.inference.onnx_predictor import OnnxPredictor
+
+        return OnnxPredictor.from_file(path, threshold=threshold, max_pixels=max_pixels)
+    return Predictor.from_checkpoint(path, device=device, threshold=threshold, max_pixels=max_pixels)
