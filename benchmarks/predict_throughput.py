@@ -29,9 +29,9 @@ from PIL import Image
 
 from mlic.checkpoint import save_checkpoint
 from mlic.inference.export import export_model
+from mlic.inference.onnx_predictor import OnnxPredictor
 from mlic.inference.predictor import Predictor
 from mlic.models import build_model
-from mlic.inference.onnx_predictor import OnnxPredictor
 
 CLASSES = [f"class{i}" for i in range(20)]
 

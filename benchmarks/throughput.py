@@ -147,8 +147,8 @@ def run_mlic(labels: Path, size: int, epochs: int, device: str, work: Path) -> d
 
     import mlic
     from mlic.data.cache import clear_cache
-    from mlic.runtime.cpu import configure_allocator
     from mlic.inference.predictor import Predictor
+    from mlic.runtime.cpu import configure_allocator
 
     configure_allocator()  # what the `mlic` command does at start
     cache_dir = work / "cache"

@@ -221,11 +221,12 @@ class TrainConfig:
         0.0, "training time budget: epochs and schedule fitted to it (0: none)", rule=at_least(0)
     )
 
-    def validate(self) -> None:
-        """What no single field can check: settings that depend on each other, and the required ones."""
+    def validate(self, *, resuming: bool = False) -> None:
+        """What no single field can check: settings that depend on each other, and the required ones
+        (``resuming``: the labels may come from the run folder's own config, checked when it is read)."""
         if self.optim.pos_weight == "auto" and self.optim.loss != "bce":
             raise ConfigError("optim.pos_weight=auto (--pos-weight) applies to --loss bce only")
-        if self.data.train is None:
+        if self.data.train is None and not resuming:
             raise ConfigError("data.train is required (pass DATA on the command line or set it in the config)")
 
 

@@ -50,10 +50,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("DATA is required (or pass --clear)")
     cfg.validate()
 
-    from mlic.engine.data_setup import build_caches, read_splits
-    from mlic.runtime.distributed import DistInfo
+    from mlic.engine.data_setup import cache_run_data
 
-    cfg.data.cache = "auto"
-    splits = read_splits(cfg.data, seed=cfg.seed, progress=cfg.progress)  # the very data set-up of `mlic train`
-    build_caches(cfg.data, splits, progress=cfg.progress, info=DistInfo())
+    cache_run_data(cfg.data, seed=cfg.seed, progress=cfg.progress)  # the very data set-up of `mlic train`
     return 0

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     # A run folder being resumed brings its own config, unless --config names another.
     own = Path(args.resume) / "config.yaml" if args.resume and args.resume != "auto" else None
     cfg = config_from_args(args, ("train", *FLAGS), base=str(own) if own and own.is_file() else None)
-    cfg.validate()  # before torch is even imported: a bad value costs no time
+    cfg.validate(resuming=args.resume is not None)  # before torch is even imported: a bad value costs no time
 
     from mlic.engine.fit import fit
     from mlic.engine.signals import TrainingInterrupted

@@ -1,11 +1,12 @@
 """A run's data: read the label files, split, scan images, cache decoded images, build datasets and loaders.
 
-``mlic data cache`` runs the first part of this (``read_splits`` and ``build_caches``) with the same data
-settings, so it builds exactly the caches a training run then reuses.
+``mlic data cache`` runs the first part of this (``cache_run_data``: ``read_splits`` and ``build_caches``) with
+the same data settings, so it builds exactly the caches a training run then reuses.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -149,3 +150,9 @@ def read_splits(d: DataConfig, *, seed: int, progress: bool) -> Splits:
             log(f"warning: {split} labels not in the training data (ignored): {', '.join(unknown)}")
     train, val, test = (drop_bad_images(r, skip=d.skip_bad_images, progress=progress) for r in (train, val, test))
     return Splits(train, val, test, class_names)
+
+
+def cache_run_data(d: DataConfig, *, seed: int, progress: bool) -> None:
+    """Build the decoded-image caches a run with these data settings and ``seed`` would read (``mlic data cache``)."""
+    splits = read_splits(d, seed=seed, progress=progress)
+    build_caches(dataclasses.replace(d, cache="auto"), splits, progress=progress, info=DistInfo())

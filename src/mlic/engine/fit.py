@@ -16,15 +16,12 @@ reader of the whole ``TrainConfig``: every helper it calls takes plain values.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from mlic.checkpoint import read_meta, save_checkpoint
@@ -33,25 +30,25 @@ from mlic.engine.budget import BUDGET_WARMUP_STEPS, epoch_estimate, fit_to_budge
 from mlic.engine.data_setup import RunData, prepare_data
 from mlic.engine.loop import Span, train_one_epoch
 from mlic.engine.resume import Progress, resolve_run_dir, restore
-from mlic.engine.run_folder import checkpoint_meta, plot_history_png, summary_line, write_metrics_csv
+from mlic.engine.run_folder import (
+    checkpoint_meta,
+    plot_history_png,
+    report_bad_images,
+    summary_line,
+    write_metrics_csv,
+    write_report,
+    write_test_results,
+)
 from mlic.engine.signals import StopFlag
+from mlic.engine.tensorboard_log import tensorboard_writer
 from mlic.engine.trainer import Trainer, build_trainer, model_kwargs, set_freeze, trainer_state
-from mlic.evaluation.evaluate import evaluation_report
-from mlic.evaluation.metrics import compute_metrics
+from mlic.engine.validation import pick_weights, validate
 from mlic.evaluation.prediction_files import save_scored
-from mlic.evaluation.scoring import BatchOptions, Predictions, score_checkpoint, score_loader
+from mlic.evaluation.scoring import BatchOptions
 from mlic.runtime.console import log, set_main_process
 from mlic.runtime.cpu import configure_allocator
 from mlic.runtime.device import select_device
-from mlic.runtime.distributed import (
-    DistInfo,
-    any_rank,
-    barrier,
-    gather_rows,
-    init_distributed,
-    shutdown_distributed,
-    sync_buffers,
-)
+from mlic.runtime.distributed import DistInfo, any_rank, barrier, init_distributed, shutdown_distributed, sync_buffers
 from mlic.runtime.seeding import seed_everything
 
 VAL_KEYS = ("mAP", "f1_micro", "f1_macro", "f1_samples", "hamming_loss", "exact_match")
@@ -75,7 +72,7 @@ def fit(cfg: TrainConfig, *, overwrite: bool = False, resume: str | None = None)
     ``resume``: a run folder, or ``"auto"`` for this config's own run folder, to continue from its last
     complete checkpoint.
     """
-    cfg.validate()
+    cfg.validate(resuming=resume is not None)
     configure_allocator()
     info, device = init_distributed(select_device(cfg.device))
     set_main_process(info.is_main)
@@ -90,16 +87,8 @@ def fit(cfg: TrainConfig, *, overwrite: bool = False, resume: str | None = None)
 class Run:
     """A training run: its config, where it computes, its folder, its data, its trainer and where it stands."""
 
-    def __init__(
-        self,
-        cfg: TrainConfig,
-        info: DistInfo,
-        device: torch.device,
-        run_dir: Path,
-        data: RunData,
-        trainer: Trainer,
-        progress: Progress,
-    ) -> None:
+    def __init__(self, cfg: TrainConfig, info: DistInfo, device: torch.device, run_dir: Path, data: RunData,
+                 trainer: Trainer, progress: Progress) -> None:  # fmt: skip
         self.cfg, self.info, self.device, self.run_dir = cfg, info, device, run_dir
         self.data, self.t, self.p = data, trainer, progress
         self.steps_per_epoch = len(data.train_loader)
@@ -117,24 +106,10 @@ class Run:
         if info.is_main:
             save_config(cfg, run_dir / "config.yaml")
         log(f"run folder: {run_dir} (device {device})")
-        data = prepare_data(
-            cfg.data,
-            seed=cfg.seed,
-            batch_size=cfg.optim.batch_size,
-            progress=cfg.progress,
-            info=info,
-            pin_memory=device.type == "cuda",
-        )
-        t = build_trainer(
-            cfg.model,
-            cfg.optim,
-            cfg.runtime,
-            data.train_ds,
-            seed=cfg.seed,
-            steps_per_epoch=len(data.train_loader),
-            device=device,
-            info=info,
-        )
+        data = prepare_data(cfg.data, seed=cfg.seed, batch_size=cfg.optim.batch_size, progress=cfg.progress,
+                            info=info, pin_memory=device.type == "cuda")  # fmt: skip
+        t = build_trainer(cfg.model, cfg.optim, cfg.runtime, data.train_ds, seed=cfg.seed,
+                          steps_per_epoch=len(data.train_loader), device=device, info=info)  # fmt: skip
         progress = Progress(epochs=1 if cfg.dry_run else cfg.optim.epochs)
         if resume:  # the schedule's plan comes back with the trainer state, a time budget's re-plan included
             progress = restore(run_dir / "checkpoints" / "last", to_dict(cfg), data.class_names, t)
@@ -145,7 +120,7 @@ class Run:
     def train(self) -> None:
         cfg, p = self.cfg, self.p
         start, first_epoch = time.perf_counter(), p.epoch
-        with self.stop.installed(), self._tensorboard() as tb:
+        with self.stop.installed(), tensorboard_writer(self.run_dir / "tensorboard", self._tensorboard_on) as tb:
             while p.epoch < p.epochs:
                 if not self._run_span(p.epoch + 1):
                     continue  # a budget probe or a step checkpoint: the epoch goes on
@@ -175,15 +150,10 @@ class Run:
         end = total if not cfg.checkpoint_every else min(total, p.step + cfg.checkpoint_every)
         # a budgeted run first times a few steps, to fit the epochs and the schedule to the budget
         probe_end = probe_span_end(cfg.max_minutes, p.epoch, p.step, total) if not p.probed else None
-        stats = train_one_epoch(
-            self.t,
-            self.data.train_loader,
-            epoch=epoch,
-            span=Span(p.step, probe_end or end, total),
-            should_stop=lambda: any_rank(self.stop.signum is not None, self.info),
-            progress=cfg.progress,
-        )
-        _report_bad(stats.bad_images)
+        stats = train_one_epoch(self.t, self.data.train_loader, epoch=epoch, span=Span(p.step, probe_end or end, total),
+                                should_stop=lambda: any_rank(self.stop.signum is not None, self.info),
+                                progress=cfg.progress)  # fmt: skip
+        report_bad_images(stats.bad_images)
         p.step, p.loss_sum, p.images = stats.next_step, p.loss_sum + stats.loss_sum, p.images + stats.images
         p.seconds += stats.seconds
         if probe_end is not None:
@@ -236,7 +206,7 @@ class Run:
         p.history.append(row)
         log(summary_line(row, p.epochs))
         # Best by validation mAP over the raw and EMA weights; with no validation the latest epoch wins.
-        tag = _pick(scored)
+        tag = pick_weights(scored)
         chosen = scored[tag]
         score = float(epoch) if chosen is None or chosen["metrics"]["mAP"] is None else chosen["metrics"]["mAP"]
         is_best = p.best["score"] is None or score > p.best["score"]
@@ -250,53 +220,24 @@ class Run:
         return row
 
     def _validate(self, net: torch.nn.Module) -> dict[str, Any] | None:
-        loader = self.data.val_loader
-        if loader is None:
+        if self.data.val_loader is None:
             return None
-        preds = score_loader(
-            net,
-            loader,
-            self.t.opts.forward,
-            loss_fn=self.t.loss_fn,
-            max_steps=1 if self.cfg.dry_run else None,
-            progress=self.cfg.progress,
-            desc="val",
-        )
-        if self.info.enabled:  # every rank evaluated its shard: gather, order by index, drop the padding duplicates
-            losses = np.full(len(preds.indices), preds.loss, np.float64)
-            idx, probs, targets, masks, losses = gather_rows(
-                self.info, preds.indices, preds.probs, preds.targets, preds.masks, losses
-            )
-            preds = Predictions(
-                probs, targets, masks, idx, float(losses.mean()) if len(losses) else 0.0, preds.bad_images
-            )
-        metrics = compute_metrics(preds.probs, preds.targets, preds.masks, 0.5, self.data.class_names)
-        return {"loss": preds.loss, "preds": preds, "metrics": metrics}
+        return validate(net, self.data.val_loader, self.t.opts.forward, self.t.loss_fn, self.data.class_names,
+                        self.info, max_steps=1 if self.cfg.dry_run else None, progress=self.cfg.progress)  # fmt: skip
 
     # ---- the run folder --------------------------------------------------------------------------------------
 
     def _meta(self, val: dict | None) -> dict[str, Any]:
-        return checkpoint_meta(
-            self.model_spec,
-            self.data.class_names,
-            self.data.preprocessing,
-            self.p.epoch,
-            val,
-            self.cfg.thresholds,
-            to_dict(self.cfg),
-        )
+        d = self.data
+        return checkpoint_meta(self.model_spec, d.class_names, d.preprocessing, self.p.epoch, val, self.cfg.thresholds,
+                               to_dict(self.cfg))  # fmt: skip
 
     def _save_best(self, net: torch.nn.Module, chosen: dict | None, tag: str) -> None:
         meta = self._meta(chosen)
         save_checkpoint(self.run_dir / "checkpoints" / "best", net, meta | {"weights": tag, "best_by": "val_mAP"})
         if chosen is not None:
-            save_scored(
-                self.run_dir / "predictions" / "val.npz",
-                chosen["preds"],
-                self.data.val_records,
-                self.data.class_names,
-                meta["thresholds"],
-            )
+            save_scored(self.run_dir / "predictions" / "val.npz", chosen["preds"], self.data.val_records,
+                        self.data.class_names, meta["thresholds"])  # fmt: skip
 
     def _save_last(self, val: dict | None) -> None:
         """The resume point: raw weights, EMA, optimizer/schedule/RNG state, progress. Rank 0 writes it."""
@@ -307,13 +248,9 @@ class Run:
             if val is None and (last / "meta.json").is_file():  # mid-epoch: keep the epoch's tuned thresholds
                 old = read_meta(last)
                 meta["thresholds"], meta["threshold_info"] = old.get("thresholds"), old.get("threshold_info")
-            save_checkpoint(
-                last,
-                self.t.raw,
-                meta | {"weights": "raw", "progress": asdict(self.p)},
-                train_state=trainer_state(self.t),
-                ema=self.t.ema.module if self.t.ema else None,
-            )
+            ema = self.t.ema.module if self.t.ema else None
+            save_checkpoint(last, self.t.raw, meta | {"weights": "raw", "progress": asdict(self.p)},
+                            train_state=trainer_state(self.t), ema=ema)  # fmt: skip
         barrier(self.info)
 
     def finish(self) -> RunResult:
@@ -330,57 +267,20 @@ class Run:
             if self.data.test_records:
                 result.test_metrics = self._test(result.best_checkpoint)
             if self.cfg.report and not self.cfg.dry_run:
-                self._write_report()
+                write_report(self.run_dir)
         barrier(self.info)
         return result
 
     def _test(self, checkpoint: Path) -> dict[str, Any]:
         c = self.cfg
         batch = BatchOptions(self.device, c.optim.batch_size, c.data.num_workers, c.progress)
-        scored = score_checkpoint(checkpoint, self.data.test_records, batch)
-        report = evaluation_report(scored, data_name=str(c.data.test))
-        save_scored(
-            self.run_dir / "predictions" / "test.npz",
-            scored.preds,
-            scored.records,
-            scored.class_names,
-            scored.meta.get("thresholds"),
-        )
-        (self.run_dir / "test_metrics.json").write_text(json.dumps(report, indent=2))
-        return report
+        return write_test_results(self.run_dir, checkpoint, self.data.test_records, batch, str(c.data.test))
 
-    def _write_report(self) -> None:
-        from mlic.insight.report import build_report
-
-        try:
-            log(f"report: {build_report(self.run_dir)}")
-        except Exception as exc:  # a report must never cost the user a finished training run
-            log(f"warning: could not write the report: {type(exc).__name__}: {exc}")
-
-    def _tensorboard(self):
-        if not (self.cfg.tensorboard and self.info.is_main):
-            return contextlib.nullcontext()
-        from mlic.engine.tensorboard_log import TensorboardWriter
-
-        return TensorboardWriter(self.run_dir / "tensorboard")
+    @property
+    def _tensorboard_on(self) -> bool:
+        return self.cfg.tensorboard and self.info.is_main
 
     def _interrupted(self) -> None:
-        where = (
-            f"after epoch {self.p.epoch} step {self.p.step}; checkpoint written to {self.run_dir / 'checkpoints/last'}"
-        )
+        last = self.run_dir / "checkpoints" / "last"
+        where = f"after epoch {self.p.epoch} step {self.p.step}; checkpoint written to {last}"
         raise self.stop.interrupted(where, f"Continue with: mlic train --resume {self.run_dir}")
-
-
-def _pick(scored: dict) -> str:
-    """Raw or EMA weights, whichever had the higher validation mAP; raw on ties or without validation."""
-    ema, raw = scored.get("ema"), scored["raw"]
-    if ema is not None and (ema["metrics"]["mAP"] or -1) > (raw["metrics"]["mAP"] or -1):
-        return "ema"
-    return "raw"
-
-
-def _report_bad(bad: list[tuple[str, str]], limit: int = 5) -> None:
-    for path, reason in bad[:limit]:
-        log(f"warning: skipped unreadable image {path}: {reason}")
-    if len(bad) > limit:
-        log(f"warning: ... and {len(bad) - limit} more unreadable images skipped")

@@ -59,48 +59,26 @@ def train_one_epoch(
     """Run the steps of ``span`` (default: the whole loader) with trainer ``t``; stop early, after an optimizer
     step, when ``should_stop()`` turns true (SIGTERM, step checkpoints)."""
     span = span or Span(0, len(loader), len(loader))
-    opts, device = t.opts, t.opts.forward.device
+    opts = t.opts
     t.model.train()
     total_loss, seen, bad, skipped, bad_in_row, stopped = 0.0, 0, [], 0, 0, False
     step = span.first
     start = time.perf_counter()
-    # islice: stop fetching at the span's end, so no batch is decoded only to be thrown away
-    bar = tqdm(
-        islice(loader, span.end - span.first),
-        desc=f"epoch {epoch}",
-        unit="batch",
-        leave=False,
-        disable=not progress,
-        dynamic_ncols=True,
-        initial=span.first,
-        total=span.total,
-    )
+    bar = _progress_bar(loader, span, epoch, progress)
     for batch in bar:
         step += 1  # steps are counted 1-based from here: ``step`` batches of the epoch are done
         bad += batch.errors
         if len(batch) == 0:  # every image in this batch was unreadable
             continue
-        targets = batch.targets.to(device, non_blocking=True)
-        masks = batch.masks.to(device, non_blocking=True)
 
-        # forward: uint8 -> flipped, normalised float on the device (MixUp/CutMix mix that float batch and
-        # its targets), then the model under autocast (bf16/fp16 where chosen); the loss is computed in fp32
-        if t.mixer is None:
-            logits = opts.forward.logits(t.model, batch.images, batch.flips)
-        else:
-            logits, targets, masks = _mixed_forward(t, batch, targets, masks)
-        loss = t.loss_fn(logits.float(), targets, masks)
+        # forward, and the loss in fp32
+        loss = _forward_loss(t, batch)
 
         # a NaN/inf loss must not reach the weights: drop this step's gradients, count, go on
         if not torch.isfinite(loss):
             t.optimizer.zero_grad(set_to_none=True)
             skipped, bad_in_row = skipped + 1, bad_in_row + 1
-            tqdm.write(f"warning: epoch {epoch} step {step}: non-finite loss ({loss.item()}), step skipped")
-            if bad_in_row >= opts.max_bad_steps:
-                raise NonFiniteLossError(
-                    f"{bad_in_row} non-finite losses in a row at epoch {epoch} step {step}; "
-                    "lower the learning rate or check the data"
-                )
+            _non_finite(loss, epoch, step, bad_in_row, opts.max_bad_steps)
             continue
         bad_in_row = 0
 
@@ -109,9 +87,7 @@ def train_one_epoch(
         (opts.scaler.scale(scaled) if opts.scaler else scaled).backward()
 
         # log: .item() syncs with the device, once per step is cheap enough at these batch sizes
-        n = len(batch)
-        total_loss += loss.item() * n
-        seen += n
+        total_loss, seen = total_loss + loss.item() * len(batch), seen + len(batch)
         bar.set_postfix(loss=f"{total_loss / seen:.4f}", img_s=f"{seen / (time.perf_counter() - start):.1f}")
 
         # step every accum_steps batches and at the end of the epoch; only then may we stop early
@@ -125,6 +101,35 @@ def train_one_epoch(
                 break
     bar.close()
     return EpochStats(total_loss, seen, time.perf_counter() - start, step, stopped, bad, skipped)
+
+
+def _progress_bar(loader: Iterable[Batch], span: Span, epoch: int, progress: bool) -> tqdm:
+    # islice: stop fetching at the span's end, so no batch is decoded only to be thrown away
+    return tqdm(islice(loader, span.end - span.first), desc=f"epoch {epoch}", unit="batch", leave=False,
+                disable=not progress, dynamic_ncols=True, initial=span.first, total=span.total)  # fmt: skip
+
+
+def _forward_loss(t: Trainer, batch: Batch) -> torch.Tensor:
+    """uint8 -> flipped, normalised float on the device (MixUp/CutMix then mix that float batch and its targets),
+    the model under autocast (bf16/fp16 where chosen), and the loss of the fp32 logits over the known labels."""
+    device = t.opts.forward.device
+    targets = batch.targets.to(device, non_blocking=True)
+    masks = batch.masks.to(device, non_blocking=True)
+    if t.mixer is None:
+        logits = t.opts.forward.logits(t.model, batch.images, batch.flips)
+    else:
+        logits, targets, masks = _mixed_forward(t, batch, targets, masks)
+    return t.loss_fn(logits.float(), targets, masks)
+
+
+def _non_finite(loss: torch.Tensor, epoch: int, step: int, in_a_row: int, limit: int) -> None:
+    """Warn about a skipped step; stop the run when the losses stay non-finite (it is diverging)."""
+    tqdm.write(f"warning: epoch {epoch} step {step}: non-finite loss ({loss.item()}), step skipped")
+    if in_a_row >= limit:
+        raise NonFiniteLossError(
+            f"{in_a_row} non-finite losses in a row at epoch {epoch} step {step}; lower the learning rate or "
+            "check the data"
+        )
 
 
 def _mixed_forward(t: Trainer, batch: Batch, targets: torch.Tensor, masks: torch.Tensor):

@@ -1,8 +1,11 @@
-"""The run folder: its name, metrics.csv, the per-epoch summary line, checkpoint metadata, plots."""
+"""The run folder: its name, metrics.csv, the per-epoch summary line, checkpoint metadata, plots, test results,
+the report."""
 
 from __future__ import annotations
 
 import csv
+import json
+import shutil
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,12 +23,30 @@ METRIC_COLUMNS = [
 
 
 def make_run_dir(output_dir: str, name: str | None, overwrite: bool) -> Path:
+    """An empty run folder ``output_dir/name`` (default name: a timestamp).
+
+    A folder that already holds a run (a complete checkpoint) is refused unless ``overwrite``, and then every
+    artifact of that run is removed first, so nothing of it (its test predictions, its report) passes for the
+    new run's. A folder with no checkpoint (a run that failed before its first epoch ended) is no run: it is
+    emptied and reused, so a retry under the same name just works.
+    """
     name = name or datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(output_dir) / name
-    if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"run folder {run_dir} already exists; choose another --name or pass --overwrite")
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        if holds_a_run(run_dir) and not overwrite:
+            raise FileExistsError(f"run folder {run_dir} already exists; choose another --name or pass --overwrite")
+        for entry in run_dir.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
+
+
+def holds_a_run(folder: Path) -> bool:
+    """Whether ``folder`` has a complete checkpoint, i.e. a run worth keeping."""
+    return any((folder / "checkpoints" / kind / "meta.json").is_file() for kind in ("best", "last"))
 
 
 def checkpoint_meta(
@@ -89,3 +110,39 @@ def plot_history_png(history: list[dict[str, Any]], path: Path) -> None:
     from mlic.insight.plots import plot_history
 
     plot_history(history, path)
+
+
+def write_test_results(run_dir: Path, checkpoint: Path, records, batch, data_name: str) -> dict[str, Any]:
+    """Score the test ``records`` with ``checkpoint`` (``batch``: ``BatchOptions``); write test_metrics.json and
+    predictions/test.npz; return the metrics."""
+    from mlic.evaluation.evaluate import evaluation_report
+    from mlic.evaluation.prediction_files import save_scored
+    from mlic.evaluation.scoring import score_checkpoint
+
+    scored = score_checkpoint(checkpoint, records, batch)
+    report = evaluation_report(scored, data_name=data_name)
+    thresholds = scored.meta.get("thresholds")
+    save_scored(run_dir / "predictions" / "test.npz", scored.preds, scored.records, scored.class_names, thresholds)
+    (run_dir / "test_metrics.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def write_report(run_dir: Path) -> None:
+    """report.html of a finished run; a failure is a warning, never the loss of the run it reports on."""
+    from mlic.insight.report import build_report
+    from mlic.runtime.console import log
+
+    try:
+        log(f"report: {build_report(run_dir)}")
+    except Exception as exc:  # a report must never cost the user a finished training run
+        log(f"warning: could not write the report: {type(exc).__name__}: {exc}")
+
+
+def report_bad_images(bad: list[tuple[str, str]], limit: int = 5) -> None:
+    """The images a training span skipped as unreadable (the first ``limit``, then a count)."""
+    from mlic.runtime.console import log
+
+    for path, reason in bad[:limit]:
+        log(f"warning: skipped unreadable image {path}: {reason}")
+    if len(bad) > limit:
+        log(f"warning: ... and {len(bad) - limit} more unreadable images skipped")

@@ -55,3 +55,10 @@ class TensorboardWriter:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def tensorboard_writer(log_dir: str | Path, enabled: bool):
+    """A ``TensorboardWriter`` as a context manager, or a null context when ``enabled`` is false."""
+    import contextlib
+
+    return TensorboardWriter(log_dir) if enabled else contextlib.nullcontext()

@@ -254,38 +254,46 @@ def _complete_records(output: Path, formatter: RowFormatter) -> Iterator[tuple[s
                 except UnicodeDecodeError:
                     return
 
-        if formatter.options.fmt == "jsonl":
-            keys = list(formatter.record_keys())
-            for text in lines():
-                try:
-                    record = json.loads(text)
-                except ValueError:
-                    return
-                if not isinstance(record, dict) or list(record) != keys:
-                    raise ResumeError(
-                        f"{output}: its records have keys {list(record) if isinstance(record, dict) else '?'}, "
-                        f"this run writes {keys}; resume with the same --probabilities/--top-k or a new --output"
-                    )
-                yield record["path"], ends[0]
-            return
-        reader = csv.reader(lines(), strict=True)
-        expected = formatter.header()
+        rows = _jsonl_rows if formatter.options.fmt == "jsonl" else _csv_rows
+        for path in rows(lines(), output, formatter):
+            yield path, ends[0]
+
+
+def _jsonl_rows(lines: Iterator[str], output: Path, formatter: RowFormatter) -> Iterator[str]:
+    keys = list(formatter.record_keys())
+    for text in lines:
         try:
-            header = next(reader, None)
-            if header is None:
-                return
-            if header != expected:
-                raise ResumeError(
-                    f"{output}: its columns differ from this run's ({len(header)} vs {len(expected)}: other "
-                    "--probabilities/--top-k or another model); resume with the same options or a new --output"
-                )
-            yield "", ends[0]
-            for row in reader:
-                if len(row) != len(expected):
-                    return
-                yield row[0], ends[0]
-        except csv.Error:
+            record = json.loads(text)
+        except ValueError:
             return
+        if not isinstance(record, dict) or list(record) != keys:
+            raise ResumeError(
+                f"{output}: its records have keys {list(record) if isinstance(record, dict) else '?'}, "
+                f"this run writes {keys}; resume with the same --probabilities/--top-k or a new --output"
+            )
+        yield record["path"]
+
+
+def _csv_rows(lines: Iterator[str], output: Path, formatter: RowFormatter) -> Iterator[str]:
+    """ "" for the header (checked against this run's), then the path of each complete row."""
+    reader = csv.reader(lines, strict=True)
+    expected = formatter.header()
+    try:
+        header = next(reader, None)
+        if header is None:
+            return
+        if header != expected:
+            raise ResumeError(
+                f"{output}: its columns differ from this run's ({len(header)} vs {len(expected)}: other "
+                "--probabilities/--top-k or another model); resume with the same options or a new --output"
+            )
+        yield ""
+        for row in reader:
+            if len(row) != len(expected):
+                return
+            yield row[0]
+    except csv.Error:
+        return
 
 
 def _truncate(output: Path, size: int) -> None:

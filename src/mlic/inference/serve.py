@@ -316,8 +316,7 @@ def create_app(
     try:
         from contextlib import asynccontextmanager
 
-        from fastapi import FastAPI, File, UploadFile
-        from fastapi.responses import FileResponse, JSONResponse
+        from fastapi import FastAPI
         from fastapi.staticfiles import StaticFiles
 
         from mlic import __version__
@@ -344,6 +343,14 @@ def create_app(
     app.add_middleware(_InFlightLimit, gate=gate, retry_after_s=limits.retry_after_s)
     app.add_middleware(_BodyLimit, max_bytes=limits.max_upload_bytes)  # added last = outermost: runs first
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    _add_routes(app, service, gate, shown)
+    return app
+
+
+def _add_routes(app: "FastAPI", service: _Service, gate: _Gate, limits: dict[str, Any]) -> None:
+    """The web page, /health, /labels and /predict."""
+    from fastapi import File, UploadFile
+    from fastapi.responses import FileResponse, JSONResponse
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
@@ -351,13 +358,13 @@ def create_app(
 
     @app.get("/health", summary="liveness, load and limits")
     async def health() -> dict[str, Any]:
-        device = str(getattr(predictor, "device", "cpu"))
+        device = str(getattr(service.predictor, "device", "cpu"))
         return {
             "status": "ok",
             "num_classes": len(service.class_names),
             "device": device,
             "in_flight": gate.count,
-            "limits": shown,
+            "limits": limits,
         }
 
     @app.get("/labels", summary="class names and the threshold of each")
@@ -371,8 +378,6 @@ def create_app(
     ) -> JSONResponse:
         status, body = await service.predict([*(files or []), *([file] if file else [])])
         return JSONResponse(body, status_code=status)
-
-    return app
 
 
 def serve(

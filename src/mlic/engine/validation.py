@@ -1,0 +1,46 @@
+"""Validation during training: the weights in memory scored on the validation loader, gathered across ranks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from mlic.evaluation.metrics import compute_metrics
+from mlic.evaluation.scoring import Forward, Predictions, score_loader
+from mlic.runtime.distributed import DistInfo, gather_rows
+
+
+def validate(
+    net: torch.nn.Module,
+    loader,
+    forward: Forward,
+    loss_fn: torch.nn.Module,
+    class_names: Sequence[str],
+    info: DistInfo,
+    *,
+    max_steps: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """{"loss", "preds", "metrics"} of ``net`` on ``loader``; under DDP every rank scored its shard, and the rows
+    are gathered in dataset order with the sampler's padding duplicates dropped, so they equal one process's."""
+    preds = score_loader(net, loader, forward, loss_fn=loss_fn, max_steps=max_steps, progress=progress, desc="val")
+    if info.enabled:
+        losses = np.full(len(preds.indices), preds.loss, np.float64)
+        idx, probs, targets, masks, losses = gather_rows(
+            info, preds.indices, preds.probs, preds.targets, preds.masks, losses
+        )
+        mean_loss = float(losses.mean()) if len(losses) else 0.0
+        preds = Predictions(probs, targets, masks, idx, mean_loss, preds.bad_images)
+    metrics = compute_metrics(preds.probs, preds.targets, preds.masks, 0.5, list(class_names))
+    return {"loss": preds.loss, "preds": preds, "metrics": metrics}
+
+
+def pick_weights(scored: dict[str, dict | None]) -> str:
+    """Raw or EMA weights, whichever had the higher validation mAP; raw on ties or without validation."""
+    ema, raw = scored.get("ema"), scored["raw"]
+    if ema is not None and (ema["metrics"]["mAP"] or -1) > (raw["metrics"]["mAP"] or -1):
+        return "ema"
+    return "raw"

@@ -1,0 +1,113 @@
+"""Every mistake a user can make ends as one line, ``mlic <command>: error: ...``, exit code 2, no traceback.
+
+Each case is run through the real CLI (in-process ``main``; a few through the installed entry point). An
+exception escaping ``main`` fails the test: that is what a user would have seen as a traceback.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlic.cli import main
+
+
+@pytest.fixture(scope="module")
+def files(tiny_shapes, tiny_checkpoint, tmp_path_factory) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("user-errors")
+    (tmp / "bad.yaml").write_text("optim: [unclosed\n")
+    (tmp / "empty").mkdir()
+    (tmp / "run" / "taken").mkdir(parents=True)
+    (tmp / "run" / "taken" / "checkpoints" / "best").mkdir(parents=True)
+    (tmp / "run" / "taken" / "checkpoints" / "best" / "meta.json").write_text("{}")
+    (tmp / "bad_row.csv").write_text(f"image,cat,dog\n{tiny_shapes['train'].parent}/images/train/00000.png,1,maybe\n")
+    for split in ("train", "val", "test"):
+        (tmp / "split" / f"{split}.csv").parent.mkdir(exist_ok=True)
+        (tmp / "split" / f"{split}.csv").write_text("taken\n")
+    image = sorted((tiny_shapes["test"].parent / "images" / "test").glob("*.png"))[0]
+    return {"tmp": tmp, "labels": tiny_shapes["train"], "ckpt": tiny_checkpoint, "image": image}
+
+
+def cases(f: dict[str, Path]) -> list[tuple[list[str], str]]:
+    """(argv, a part of the one error line)"""
+    t, labels, ckpt, image = f["tmp"], str(f["labels"]), str(f["ckpt"]), str(f["image"])
+    quick = ["--epochs", "1", "--image-size", "32", "--no-progress", "--no-report", "--output-dir", str(t / "run")]
+    return [
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["train", "x.csv", "--bogus"], "unrecognized arguments: --bogus"),
+        (["train"], "data.train is required"),
+        (["train", str(t / "missing.csv")], "missing.csv: no such file or folder"),
+        (["train", "x.csv", "--epochs", "zero"], "argument --epochs: invalid int value: 'zero'"),
+        (["train", "x.csv", "--epochs", "0"], "optim.epochs (--epochs) must be >= 1, got 0"),
+        (["train", "x.csv", "--val-fraction", "1.5"], "data.val_fraction (--val-fraction) must be in [0, 1)"),
+        (["train", "x.csv", "--set", "optim.nope=1"], "unknown key 'optim.nope'"),
+        (["train", "x.csv", "--set", "novalue"], "must look like section.key=value"),
+        (["train", "x.csv", "--set", "optim.epochs=[1"], "not valid YAML"),
+        (["train", "x.csv", "--config", str(t / "missing.yaml")], "config file not found"),
+        (["train", "x.csv", "--config", str(t / "bad.yaml")], "invalid YAML"),
+        (["train", "x.csv", "--pos-weight", "auto", "--loss", "asl"], "applies to --loss bce only"),
+        (["train", "--resume", str(t / "nope")], "--resume: no complete checkpoint"),
+        (["train", "--resume", "auto"], "--resume auto needs --name"),
+        (["train", labels, *quick, "--model", "no_such_model"], "--model no_such_model"),
+        (["train", labels, *quick, "--pretrained", str(t / "w.safetensors")], "--pretrained"),
+        (["train", labels, *quick, "--device", "cuda:3"], "CUDA is not available"),
+        (["train", labels, *quick, "--name", "taken"], "already exists"),
+        (["train", str(t / "bad_row.csv"), *quick], "bad_row.csv:2"),
+        (["evaluate", str(t / "nowhere"), "--data", labels], "checkpoint not found"),
+        (["evaluate", ckpt, "--data", labels, "--threshold", "-1"], "argument --threshold: must be >= 0"),
+        (["evaluate", ckpt, "--data", labels, "--batch-size", "0"], "argument --batch-size: must be >= 1"),
+        (["evaluate", ckpt, "--data", labels, "--format", "xml"], "argument --format: 'xml' is not allowed"),
+        (["predict", ckpt], "give image paths"),
+        (["predict", str(t / "nowhere"), image], "checkpoint not found"),
+        (["predict", ckpt, str(t / "empty")], "no images found"),
+        (["predict", ckpt, image, "--resume"], "--resume needs --output"),
+        (["predict", ckpt, image, "--top-k", "-1"], "--top-k must be >= 0"),
+        (["export", ckpt, str(t / "model.xyz")], "cannot tell the export format"),
+        (["export", str(t / "nowhere"), str(t / "m.onnx")], "checkpoint not found"),
+        (["serve", str(t / "nowhere")], "checkpoint not found"),
+        (["serve", ckpt, "--max-files", "0"], "argument --max-files: must be >= 1"),
+        (["report", str(t / "empty")], "not an mlic run folder"),
+        (["explain", ckpt, image, "--label", "unicorn"], "unknown label(s) unicorn"),
+        (["explain", ckpt, str(t / "missing.png")], "missing.png"),
+        (["data", "inspect", str(t / "missing.csv")], "no such file or folder"),
+        (["data", "split", labels, "--output-dir", str(t / "split")], "already exist"),
+        (["data", "convert", labels, str(t / "out.txt")], "cannot tell the output format"),
+        (["data", "cache"], "DATA is required"),
+        (["data", "cache", str(t / "missing.csv")], "no such file or folder"),
+        (["data", "fashion-collage", str(t / "empty"), str(t / "fashion")], "empty"),
+    ]
+
+
+def test_each_user_error_is_one_line_with_exit_code_2(files, capsys):
+    failures = []
+    for argv, fragment in cases(files):
+        code = _exit_code(argv)
+        printed = capsys.readouterr()
+        last = printed.err.strip().splitlines()[-1] if printed.err.strip() else ""
+        prog = "mlic" if argv[0] == "frobnicate" else "mlic " + " ".join(a for a in argv[:2] if a in ("data", *_NAMES))
+        ok = code == 2 and last.startswith(f"{prog}: error: ") and fragment in last
+        if not ok or "Traceback" in printed.err + printed.out:
+            failures.append(f"{argv}: exit {code}, last line {last!r}")
+    assert not failures, "\n".join(failures)
+
+
+_NAMES = ("train", "evaluate", "predict", "export", "serve", "report", "explain", "inspect", "split", "convert",
+          "cache", "fashion-collage")  # fmt: skip
+
+
+def _exit_code(argv: list[str]) -> int:
+    """main's return value, or the code argparse exits with on a usage error."""
+    try:
+        return main(argv)
+    except SystemExit as stop:
+        return stop.code
+
+
+def test_the_installed_command_prints_no_traceback(files):
+    for argv in (["train", "--set", "optim.loss=foo", "x.csv"], ["predict", str(files["tmp"] / "nowhere"), "a.png"]):
+        done = subprocess.run([sys.executable, "-m", "mlic", *argv], capture_output=True, text=True)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert done.stderr.strip().splitlines()[-1].startswith(f"mlic {argv[0]}: error: ")
