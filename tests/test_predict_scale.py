@@ -17,6 +17,7 @@ from PIL import Image
 from mlic.checkpoint import save_checkpoint
 from mlic.cli import main
 from mlic.inference.batch_predict import OutputOptions, write_predictions
+from mlic.inference.destination import Destination
 from mlic.inference.inputs import expand_inputs, iter_inputs
 from mlic.inference.predictor import Predictor
 from mlic.models import build_model
@@ -270,11 +271,11 @@ def test_resume_from_any_cut_point_even_with_awkward_file_names(setup, tmp_path,
     predictor = Predictor.from_checkpoint(setup["ckpt"], device="cpu")
     options = OutputOptions(fmt, probabilities=True)
     full, cut = tmp_path / f"full.{fmt}", tmp_path / f"cut.{fmt}"
-    write_predictions(predictor, iter_inputs([folder]), options, output=full, batch_size=2)
+    write_predictions(predictor, iter_inputs([folder]), options, dest=Destination(full), batch_size=2)
     data = full.read_bytes()
     assert data.count(b"\n") >= 7
     step = len(data) // 24 | 1  # odd, so the cuts land inside paths, quotes, numbers and on newlines
     for at in [*range(0, len(data), step), len(data)]:
         cut.write_bytes(data[:at])
-        write_predictions(predictor, iter_inputs([folder]), options, output=cut, resume=True, batch_size=2)
+        write_predictions(predictor, iter_inputs([folder]), options, dest=Destination(cut, resume=True), batch_size=2)
         assert cut.read_bytes() == data, at

@@ -23,6 +23,7 @@ else:
 from safetensors.torch import save_file
 
 from mlic.checkpoint import load_checkpoint, save_checkpoint
+from mlic.data.transforms import Preprocessing
 from mlic.models import build_model
 from mlic.models.pretrained import load_pretrained, set_backbone_trainable
 from mlic.models.seed_cnn import SeedCNN
@@ -91,7 +92,7 @@ def test_timm_model_round_trips_through_an_mlic_checkpoint(tmp_path):
     meta = {
         "model": {"name": SMALL, "kwargs": {"drop_rate": 0.2}},  # plain JSON, as fit() writes it
         "class_names": ["a", "b", "c"],
-        "preprocessing": {"image_size": 64},
+        "preprocessing": Preprocessing(image_size=64).to_dict(),
     }
     save_checkpoint(tmp_path / "ckpt", model, meta)
     loaded, _ = load_checkpoint(tmp_path / "ckpt")

@@ -10,6 +10,7 @@ incomplete and is never loaded.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -28,6 +29,10 @@ EMA_FILE = "ema.safetensors"
 STATE_FILE = "train_state.pt"  # optimizer/RNG state: tensors and plain values only, read with weights_only=True
 META_FILE = "meta.json"
 REQUIRED_META = ("format", "version", "model", "class_names", "preprocessing")
+# Every key meta.json may hold; another one means a file this mlic did not write, and is refused by name.
+KNOWN_META = (*REQUIRED_META, "thresholds", "threshold_info", "epoch", "metrics", "config", "created",
+              "torch_version", "weights", "best_by", "progress")  # fmt: skip
+MAX_IMAGE_SIZE = 4096  # an input side beyond this is no trained model's (a 100000 px side would need 30 GB)
 
 
 class CheckpointError(UserError, ValueError):
@@ -155,7 +160,72 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     missing = [k for k in REQUIRED_META if k not in meta]
     if missing:
         raise CheckpointError(f"{meta_path}: missing key(s) {', '.join(missing)}")
+    unknown = sorted(set(meta) - set(KNOWN_META))
+    if unknown:
+        raise CheckpointError(f"{meta_path}: unknown key(s) {', '.join(unknown)} (written by another program?)")
+    try:
+        check_meta_fields(meta)
+    except ValueError as exc:
+        raise CheckpointError(f"{meta_path}: {exc}") from None
     return meta
+
+
+def check_meta_fields(meta: dict[str, Any]) -> None:
+    """Every field a checkpoint's (or an export's) metadata gives a model, checked; ValueError names the field."""
+    names = meta["class_names"]
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.strip() for n in names):
+        raise ValueError("class_names must be a non-empty list of non-empty strings")
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"class_names holds {', '.join(map(repr, twice[:5]))} more than once")
+    _check_thresholds(meta.get("thresholds"), len(names))
+    model = meta["model"]
+    if not isinstance(model, dict) or not isinstance(model.get("name"), str) or not model["name"]:
+        raise ValueError("model must be an object with a string 'name'")
+    if not isinstance(model.get("kwargs", {}), dict):
+        raise ValueError("model.kwargs must be an object")
+    _check_preprocessing(meta["preprocessing"])
+    for key in ("threshold_info", "metrics", "config", "progress"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            raise ValueError(f"{key} must be an object")
+    epoch = meta.get("epoch", 0)
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        raise ValueError(f"epoch must be a whole number >= 0, got {epoch!r}")
+
+
+def _check_thresholds(thresholds: Any, n: int) -> None:
+    if thresholds is None:
+        return
+    if not isinstance(thresholds, list) or len(thresholds) != n:
+        got = len(thresholds) if isinstance(thresholds, list) else type(thresholds).__name__
+        raise ValueError(f"thresholds must be a list of {n} numbers (one per class), got {got}")
+    for i, t in enumerate(thresholds):
+        if not isinstance(t, int | float) or isinstance(t, bool) or not 0.0 <= t <= 1.0:
+            raise ValueError(f"thresholds[{i}] must be a number in [0, 1], got {t!r}")
+
+
+def _check_preprocessing(pre: Any) -> None:
+    from mlic.data.transforms import RESIZE_MODES
+
+    if not isinstance(pre, dict):
+        raise ValueError("preprocessing must be an object")
+    size = pre.get("image_size")
+    if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_IMAGE_SIZE:
+        raise ValueError(f"preprocessing.image_size must be a whole number in [1, {MAX_IMAGE_SIZE}], got {size!r}")
+    for key in ("mean", "std"):
+        values = pre.get(key)
+        if not isinstance(values, list) or len(values) != 3 or not all(_finite(v) for v in values):
+            raise ValueError(f"preprocessing.{key} must be a list of 3 numbers, got {values!r}")
+    if any(v <= 0 for v in pre["std"]):
+        raise ValueError(f"preprocessing.std must be positive, got {pre['std']!r}")
+    if pre.get("resize", "squash") not in RESIZE_MODES:
+        raise ValueError(f"preprocessing.resize must be one of {', '.join(RESIZE_MODES)}, got {pre.get('resize')!r}")
+    if not isinstance(pre.get("draft", False), bool):
+        raise ValueError(f"preprocessing.draft must be true or false, got {pre.get('draft')!r}")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:

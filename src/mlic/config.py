@@ -39,6 +39,9 @@ POS_WEIGHTS = ("none", "auto")  # engine.trainer
 THRESHOLD_METHODS = ("per_class_f1", "global_f1", "fixed")  # evaluation.thresholds.tune_thresholds
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # runtime.precision.resolve_precision
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")  # runtime.device.select_device
+# Pillow's own default limit (1024**3 // 4 // 3, about 9459 x 9459 pixels): larger images need over 256 MiB as
+# RGB before any resizing, and a tiny file declaring one is the classic decompression bomb.
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 
 
 class ConfigError(UserError, ValueError):
@@ -117,7 +120,15 @@ class DataConfig:
         metavar="N",
     )
     skip_bad_images: bool = setting(
-        False, "leave out images the pre-training scan finds unreadable, instead of stopping"
+        False,
+        "leave out the images the pre-training scan finds missing, unreadable, truncated or too large, instead of "
+        "stopping",
+    )
+    max_image_pixels: int = setting(
+        DEFAULT_MAX_IMAGE_PIXELS,
+        "largest image decoded, width x height; larger files are refused as decompression bombs are",
+        rule=at_least(1),
+        metavar="N",
     )
     cache: str = setting(
         "auto",

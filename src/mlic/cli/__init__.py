@@ -71,9 +71,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra:  # named by the subcommand that did not take them, not by the top-level parser
         print(f"{prog}: error: unrecognized arguments: {' '.join(extra)} (see {prog} --help)", file=sys.stderr)
         return 2
-    from mlic.runtime.cpu import configure_allocator
-
-    configure_allocator()  # keep big activation buffers mapped between steps (MLIC_NO_MALLOPT=1 opts out)
     try:
         return int(args.run(args) or 0)
     except (UserError, OSError) as exc:  # OSError: a path the user gave that is missing, a folder, unwritable

@@ -16,11 +16,14 @@ def add_data_action(actions: argparse._SubParsersAction, name: str, help: str, e
     return p
 
 
-def read_data(args: argparse.Namespace):
-    """The records of DATA, read with the action's --format, --image-root and --label-delimiter."""
+def read_data(args: argparse.Namespace, problems=None):
+    """The records of DATA, read with the action's --format, --image-root and --label-delimiter; ``problems``
+    (a ``RowErrors``) collects the errors of single rows instead of stopping at the first."""
     from mlic.data.readers import read_records
 
-    return read_records(args.data, args.format, image_root=args.image_root, label_delimiter=args.label_delimiter)
+    return read_records(
+        args.data, args.format, problems=problems, image_root=args.image_root, label_delimiter=args.label_delimiter
+    )
 
 
 def data_name(data: str) -> str:

@@ -25,8 +25,8 @@ def register(actions: argparse._SubParsersAction) -> None:
     p = add_data_action(actions, "inspect", "statistics and problems of a dataset", HELP)
     p.add_argument("--output-dir", help="where report.json and the plots go (default: ./inspect-<data name>)")
     p.add_argument("--classes", help="expected class names: comma-separated, or a file with one per line")
-    p.add_argument("--max-pixels", type=int, help="images with more pixels are errors (default: Pillow's)")
     p.add_argument("--no-images", dest="check_images", action="store_false", help="only check files exist")
+    add_setting(p, "max_image_pixels", own_default=True)
     add_setting(p, "progress", own_default=True)
     p.set_defaults(run=run)
 
@@ -40,16 +40,18 @@ def _class_names(value: str | None) -> list[str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mlic.data.images import DEFAULT_MAX_PIXELS
     from mlic.data.inspect import format_report, inspect_dataset
+    from mlic.data.records import RowErrors
     from mlic.insight.plots import plot_cooccurrence, plot_label_frequency
 
+    problems = RowErrors(collect=True)  # every bad row is reported, not just the first
     report = inspect_dataset(
-        read_data(args),
+        read_data(args, problems),
         class_names=_class_names(args.classes),
-        max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
+        max_pixels=args.max_image_pixels,
         check_images=args.check_images,
         progress=args.progress,
+        row_errors=problems.errors,
     )
     print(format_report(report))
     out = Path(args.output_dir or f"inspect-{data_name(args.data)}")

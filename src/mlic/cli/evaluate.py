@@ -31,8 +31,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from mlic.evaluation.evaluate import evaluate_checkpoint, format_report
     from mlic.evaluation.scoring import BatchOptions
+    from mlic.runtime.cpu import configure_allocator
 
-    batch = BatchOptions(args.device, args.batch_size, args.num_workers, args.progress)
+    configure_allocator()  # batches of activations stay mapped between model calls (training's setting)
+
+    batch = BatchOptions(args.device, args.batch_size, args.num_workers, args.progress, args.max_image_pixels)
     report = evaluate_checkpoint(
         args.checkpoint,
         args.data,

@@ -147,9 +147,9 @@ def add_label_reading(parser: argparse._ActionsContainer) -> None:
         add_setting(parser, flat, own_default=True)
 
 
-def add_compute(parser: argparse._ActionsContainer, *, loader: bool = True) -> None:
-    """``--device`` and ``--progress``; with ``loader``, also ``--batch-size`` and ``--workers``."""
-    for flat in ("device", *(("batch_size", "num_workers") if loader else ()), "progress"):
+def add_compute(parser: argparse._ActionsContainer) -> None:
+    """``--device``, ``--batch-size``, ``--workers``, ``--max-image-pixels``, ``--progress``: as ``mlic train``'s."""
+    for flat in ("device", "batch_size", "num_workers", "max_image_pixels", "progress"):
         add_setting(parser, flat, own_default=True)
 
 

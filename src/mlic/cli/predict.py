@@ -43,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--probabilities", action="store_true", help="include every class's probability (csv/jsonl/json)")
     p.add_argument("--top-k", type=int, default=0, metavar="K", help="also list the K most probable classes")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run into --output (csv/jsonl)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     add_compute(p)
     p.set_defaults(run=run)
 
@@ -59,28 +60,38 @@ def output_format(to: str | None, output: str | None) -> str:
 def run(args: argparse.Namespace) -> int:
     from mlic.errors import UserError
     from mlic.inference.batch_predict import OutputOptions, write_predictions
+    from mlic.inference.destination import Destination
     from mlic.inference.inputs import iter_inputs
     from mlic.inference.load import load_predictor
+    from mlic.runtime.cpu import configure_allocator
+
+    configure_allocator()  # batches of activations stay mapped between model calls (training's setting)
 
     if not args.inputs and not args.list:
         raise UserError("give image paths, folders or globs, or --list FILE")
     if args.top_k < 0:
         raise UserError("--top-k must be >= 0")
+    if args.resume and not args.output:
+        raise UserError("--resume needs --output (the file to continue)")
+    dest = Destination(Path(args.output), resume=args.resume, overwrite=args.overwrite) if args.output else None
+    if dest is not None:
+        dest.check(args.inputs, args.list)  # before anything is loaded: never write over what is read
     paths = iter_inputs(args.inputs, list_file=args.list, image_root=args.image_root)
     first = next(paths, None)  # peek, so an empty input set fails before any output is written
     if first is None:
         raise UserError(f"no images found in: {' '.join(args.inputs + ([args.list] if args.list else []))}")
     options = OutputOptions(output_format(args.to, args.output), probabilities=args.probabilities, top_k=args.top_k)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: shard the inputs across ranks
-        return _run_sharded(args, chain([first], paths), options)
-    predictor = load_predictor(args.checkpoint, device=args.device, threshold=args.threshold)
+        return _run_sharded(args, chain([first], paths), options, dest)
+    predictor = load_predictor(
+        args.checkpoint, device=args.device, threshold=args.threshold, max_pixels=args.max_image_pixels
+    )
     print(f"thresholds: {predictor.threshold_source}", file=sys.stderr)
     summary = write_predictions(
         predictor,
         chain([first], paths),
         options,
-        output=args.output,
-        resume=args.resume,
+        dest=dest,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
         progress=args.output is not None and args.progress,  # the table on the terminal has no bar beside it
@@ -91,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_sharded(args: argparse.Namespace, paths, options) -> int:
+def _run_sharded(args: argparse.Namespace, paths, options, dest) -> int:
     import torch
 
     from mlic.errors import UserError
@@ -104,13 +115,15 @@ def _run_sharded(args: argparse.Namespace, paths, options) -> int:
         raise UserError("under torchrun, predict needs --output (one merged file) and cannot --resume")
     info, device = init_distributed(select_device(args.device))
     try:
-        predictor = load_predictor(args.checkpoint, device=str(device), threshold=args.threshold)
+        predictor = load_predictor(
+            args.checkpoint, device=str(device), threshold=args.threshold, max_pixels=args.max_image_pixels
+        )
         torch.set_num_threads(max(1, torch.get_num_threads() // info.world_size))  # ranks share the cores
         summary = write_predictions_sharded(
             predictor,
             paths,
             options,
-            output=args.output,
+            dest=dest,
             info=info,
             batch_size=args.batch_size,
             num_workers=args.num_workers,

@@ -34,7 +34,9 @@ def run(args: argparse.Namespace) -> int:
     from mlic.insight.report import build_report
     from mlic.runtime.device import select_device
 
-    batch = BatchOptions(select_device(args.device), args.batch_size, args.num_workers, args.progress)
+    batch = BatchOptions(
+        select_device(args.device), args.batch_size, args.num_workers, args.progress, args.max_image_pixels
+    )
     path = build_report(
         args.run_dir,
         args.output,

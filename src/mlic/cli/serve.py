@@ -15,9 +15,12 @@ HELP = """examples:
   curl -F files=@photo.jpg -F files=@other.png http://127.0.0.1:8000/predict
 
 Endpoints: POST /predict (multipart field 'files', repeatable), GET /labels, GET /health, GET /docs.
-Limits answer with JSON errors: body over --max-upload-mb 413, an image over --max-pixels 413, bytes that
-are no image 415, more than --max-in-flight predict requests 503 with Retry-After. There is no
-authentication: binding beyond loopback (--host 0.0.0.0) belongs behind a reverse proxy.
+Limits answer with JSON errors: body over --max-upload-mb 413, a body slower than --body-timeout-s 408,
+an image over --max-pixels or a request over --max-request-pixels 413, bytes that are no image 415, more
+than --max-in-flight requests or --max-uploading uploads 503 with Retry-After, a Host not allowed 400.
+Bound to loopback (the default) the server answers only to localhost names, so web pages cannot reach it
+by DNS rebinding. There is no authentication: binding beyond loopback (--host 0.0.0.0) belongs behind a
+reverse proxy.
 Needs the serve extra: pip install 'mlic[serve]'.
 """
 
@@ -35,6 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     for s in LIMITS:
         add_setting(g, s, own_default=True)
     p.add_argument("--threads", type=int, help="PyTorch CPU threads for the model (default: PyTorch's choice)")
+    p.add_argument(
+        "--allowed-hosts",
+        metavar="NAMES",
+        help="comma-separated Host names to answer ('*': any; default: localhost names when --host is loopback, "
+        "else any)",
+    )
     p.set_defaults(run=run)
 
 

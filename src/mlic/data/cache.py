@@ -13,10 +13,15 @@ inside the user's image folders:
                                written last, then the folder is renamed into place: no meta, no cache
 
 The key hashes the format version, the Pillow version (the decoder), the staging spec (size, resize mode,
-reduced-size decoding) and every record's absolute path, byte size and modification time in nanoseconds.
-So editing, replacing, adding, removing or reordering images, or changing the preprocessing, gives another
-key and a rebuild; the file's size and mtime stand for its content, as in make and ccache, because hashing
-every byte of a photo collection at each start would cost more than it saves.
+reduced-size decoding), the pixel limit and every record's absolute path, byte size, inode, and modification
+and status-change times in nanoseconds. So editing, replacing, adding, removing or reordering images, or
+changing the preprocessing, gives another key and a rebuild. The file's metadata stands for its content, as in
+git's index, because hashing every byte of a photo collection at each start would cost more than it saves; the
+status-change time (ctime) is what no copy tool can restore, so a file replaced by another of the same size with
+its mtime put back (``cp -p``, ``tar x``, ``rsync -t``) still counts as changed.
+
+A cache is pixels that training trusts, so a cache folder that another user owns or may write is never used:
+mlic then builds a private one for this process (in a fresh temporary folder) and says so.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,9 +46,10 @@ from mlic.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError
 from mlic.data.pixels import PixelLoader
 from mlic.data.records import Record
 from mlic.data.transforms import Pipeline
+from mlic.runtime.console import log
 from mlic.runtime.cpu import cpu_count
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: non-JPEG images far above the input size are box-reduced before staging
 # Room left on the cache's disk after it is written; below that, "auto" trains without a cache.
 FREE_SPACE_MARGIN = 1 << 30
 
@@ -56,6 +63,40 @@ def cache_root() -> Path:
         return Path(root)
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "mlic"
+
+
+_private_roots: dict[Path, Path] = {}  # an unsafe root -> the private folder used instead, for this process
+
+
+def usable_root(root: str | Path | None = None) -> Path:
+    """The cache folder to use: ``root`` (default ``cache_root()``) when only this user can write it and its
+    ``decoded/`` folder, else a private temporary folder (made once per process, mode 0700)."""
+    root = Path(root or cache_root())
+    problem = _unsafe(root) or _unsafe(root / "decoded")
+    if problem is None:
+        return root
+    if root not in _private_roots:
+        _private_roots[root] = Path(tempfile.mkdtemp(prefix="mlic-cache-"))
+        log(f"warning: not using the image cache in {root}: {problem}; building a private one in "
+            f"{_private_roots[root]}")  # fmt: skip
+    return _private_roots[root]
+
+
+def _unsafe(folder: Path) -> str | None:
+    """Why ``folder`` (if it exists) must not hold pixels that training trusts, or None."""
+    if not hasattr(os, "getuid"):  # no POSIX owners: nothing to check
+        return None
+    try:
+        st = os.lstat(folder)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        return f"{folder} is a symbolic link"
+    if st.st_uid != os.getuid():
+        return f"{folder} belongs to user id {st.st_uid}, not to this user ({os.getuid()})"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"{folder} is writable by other users (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
 
 
 @dataclass
@@ -88,26 +129,31 @@ class DecodedCache:
         return torch.from_numpy(np.array(self.pixels[row]))
 
 
-def cache_key(records: Sequence[Record], pipeline: Pipeline) -> str:
+def cache_key(records: Sequence[Record], pipeline: Pipeline, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps({"version": CACHE_VERSION, "pillow": PIL.__version__, **pipeline.cache_spec}).encode())
+    spec = {"version": CACHE_VERSION, "pillow": PIL.__version__, "max_pixels": max_pixels, **pipeline.cache_spec}
+    h.update(json.dumps(spec).encode())
     for record in records:
         path = os.path.abspath(record.path)
         try:
             st = os.stat(path)
-            h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            h.update(f"{path}\0{st.st_size}\0{st.st_ino}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n".encode())
         except OSError:  # a missing file is keyed as missing; it becomes an unreadable row
             h.update(f"{path}\0missing\n".encode())
     return h.hexdigest()[:32]
 
 
-def cache_folder(records: Sequence[Record], pipeline: Pipeline, root: str | Path | None = None) -> Path:
-    return Path(root or cache_root()) / "decoded" / cache_key(records, pipeline)
+def cache_folder(
+    records: Sequence[Record], pipeline: Pipeline, root: str | Path | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Path:
+    return usable_root(root) / "decoded" / cache_key(records, pipeline, max_pixels)
 
 
-def open_cache(records: Sequence[Record], pipeline: Pipeline, root: str | Path | None = None) -> DecodedCache | None:
-    """The cache of exactly these records and preprocessing, or None if it has not been built."""
-    folder = cache_folder(records, pipeline, root)
+def open_cache(
+    records: Sequence[Record], pipeline: Pipeline, root: str | Path | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> DecodedCache | None:
+    """The cache of exactly these records, preprocessing and pixel limit, or None if it has not been built."""
+    folder = cache_folder(records, pipeline, root, max_pixels)
     try:
         meta = json.loads((folder / "meta.json").read_text())
         shape = tuple(meta["shape"])
@@ -125,7 +171,7 @@ def ensure_cache(
 ) -> tuple[DecodedCache, bool]:
     """(the cache of ``records``, whether it was built now); built by ``build_cache`` (which takes
     ``build_options``) if absent. Raises CacheUnavailable."""
-    cache = open_cache(records, pipeline, root)
+    cache = open_cache(records, pipeline, root, build_options.get("max_pixels", DEFAULT_MAX_PIXELS))
     if cache is not None:
         return cache, False
     return build_cache(records, pipeline, root=root, **build_options), True
@@ -144,12 +190,13 @@ def build_cache(
     """Decode and stage every record into a new cache folder (written aside, then renamed into place)."""
     if not records:
         raise CacheUnavailable("nothing to cache: no records")
-    folder = cache_folder(records, pipeline, root)
+    folder = cache_folder(records, pipeline, root, max_pixels)
     size = pipeline.stage_size
     shape = (len(records), 3, size, size)
     parent = folder.parent
     try:
-        parent.mkdir(parents=True, exist_ok=True)
+        parent.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        parent.mkdir(exist_ok=True, mode=0o700)
         free = shutil.disk_usage(parent).free
     except OSError as exc:
         raise CacheUnavailable(f"cannot create the image cache folder {parent}: {exc}") from exc
@@ -172,18 +219,18 @@ def build_cache(
         try:
             os.rename(tmp, folder)
         except OSError:  # another process (a DDP rank, a parallel run) finished the same cache first
-            if open_cache(records, pipeline, root) is None:
+            if open_cache(records, pipeline, root, max_pixels) is None:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    cache = open_cache(records, pipeline, root)
+    cache = open_cache(records, pipeline, root, max_pixels)
     assert cache is not None, folder
     return cache
 
 
 def clear_cache(root: str | Path | None = None) -> int:
     """Delete every cached data set (and any half-written one); returns the bytes freed."""
-    folder = Path(root or cache_root()) / "decoded"
+    folder = usable_root(root) / "decoded"
     if not folder.is_dir():
         return 0
     freed = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())

@@ -15,6 +15,7 @@ first pixel access: the full decode is forced inside `decode_image`.
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,16 +23,16 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
+from mlic.config import DEFAULT_MAX_IMAGE_PIXELS
 from mlic.errors import UserError
 
-# Pillow's own default limit (1024**3 // 4 // 3 = 89,478,485 pixels, about 9459 x 9459): a bigger image needs
-# over 256 MiB as RGB before any resizing, and a tiny file declaring it is the classic decompression bomb.
-# We enforce our own `max_pixels` from the header and never touch the global `Image.MAX_IMAGE_PIXELS`.
-# Note Pillow itself still refuses images above 2 * Image.MAX_IMAGE_PIXELS at open time, so a `max_pixels`
-# above ~179 million only takes effect if the application raises Pillow's global limit itself.
-DEFAULT_MAX_PIXELS = 89_478_485
+# The default limit is Pillow's own (about 9459 x 9459; see mlic.config.DEFAULT_MAX_IMAGE_PIXELS). We enforce
+# `max_pixels` from the header ourselves. Pillow refuses images above 2 * Image.MAX_IMAGE_PIXELS at open time,
+# so for a larger `max_pixels` its limit is lifted for the duration of the open (`_pillow_limit`).
+DEFAULT_MAX_PIXELS = DEFAULT_MAX_IMAGE_PIXELS
+LIMIT_FLAG = "--max-image-pixels"  # what a user raises the limit with, named in the error
 
 # Lower-case suffixes treated as images when scanning folders.
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
@@ -42,6 +43,19 @@ _ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
 
 _EXIF_ORIENTATION = 0x0112
 _WHITE = (255, 255, 255)
+# EXIF orientation -> the transpose that makes the image upright (as ImageOps.exif_transpose)
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# Modes whose values are not intensities (palette indices, bits, big-endian 16-bit): not averaged by reduce()
+_NO_REDUCE = ("1", "P", "PA", "I;16", "I;16B", "I;16L", "I;16N")
+_LIMIT_LOCK = threading.Lock()
 
 ImageSource = str | Path | bytes | bytearray | memoryview | BinaryIO
 
@@ -80,43 +94,91 @@ def read_image_size(source: ImageSource) -> tuple[int, int]:
     return width, height
 
 
+def decoded_pixels(source: ImageSource, draft_size: tuple[int, int] | None = None) -> int:
+    """How many pixels ``decode_image(source, draft_size=...)`` will decode (a JPEG's reduced DCT scale counted),
+    from the header alone: what a server weighs a request by before it spends any memory on it."""
+    path = _source_path(source)
+    with _quiet_pillow(), _open(source, path) as im:
+        if draft_size is not None and im.format in ("JPEG", "MPO"):
+            target = draft_size[::-1] if _orientation(im) in (5, 6, 7, 8) else draft_size
+            im.draft(im.mode, (int(target[0]), int(target[1])))  # sets the decode size; decodes nothing
+        width, height = im.size
+    return width * height
+
+
 def decode_image(
     source: ImageSource,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     draft_size: tuple[int, int] | None = None,
+    limit_flag: str = LIMIT_FLAG,
 ) -> Image.Image:
     """Decode a path, bytes or binary file object into an 8-bit RGB image, upright per EXIF orientation.
 
-    max_pixels: images whose header declares more pixels are refused before decoding (bomb protection).
-    draft_size: (width, height) the caller will resize to; JPEGs are then decoded at a reduced DCT scale
-        (1/2, 1/4 or 1/8) that stays at least this large in the upright orientation. A big speed-up for
-        camera photos that end up at 224 px; other formats ignore it.
+    max_pixels: images whose header declares more pixels are refused before decoding (bomb protection);
+        ``limit_flag`` is the setting the error tells the user to raise.
+    draft_size: (width, height) the caller will resize to. JPEGs are decoded at a reduced DCT scale (1/2, 1/4
+        or 1/8) that stays at least this large in the upright orientation: a big speed-up for camera photos that
+        end up at 224 px. Any image still at least twice that large per side is then box-reduced by a whole
+        factor (alpha premultiplied) before its colours are converted, so the copies that conversion and EXIF
+        rotation make are small: a 168-megapixel PNG then costs its decoded size once, not four times.
     Transparent pixels are composited on white, since datasets' "transparent background" means paper/page,
     and black would invent a dark frame the model could learn from.
     """
     if draft_size is not None and (len(draft_size) != 2 or min(draft_size) < 1):
         raise ValueError(f"draft_size must be two positive ints, got {draft_size!r}")
     path = _source_path(source)
-    with _quiet_pillow(), _open(source, path) as im:
+    with _quiet_pillow(), _pillow_limit(max_pixels), _open(source, path) as im:
         width, height = im.size
         if width * height > max_pixels:
             raise ImageDecodeError(
                 f"image declares {width}x{height} = {width * height:,} pixels, above the limit of "
-                f"{max_pixels:,} (max_pixels)",
+                f"{max_pixels:,} ({limit_flag} raises it)",
                 path,
                 kind="too_large",
             )
         try:
-            if draft_size is not None and im.format in ("JPEG", "MPO"):
-                # The draft acts on the stored orientation; swap the target if EXIF will rotate by 90 degrees.
-                target = draft_size[::-1] if _orientation(im) in (5, 6, 7, 8) else draft_size
+            rotated = _orientation(im) in (5, 6, 7, 8)
+            target = None if draft_size is None else (draft_size[::-1] if rotated else draft_size)  # stored axes
+            if target is not None and im.format in ("JPEG", "MPO"):
                 im.draft(im.mode, (int(target[0]), int(target[1])))
             im.load()  # force the full decode here so truncation surfaces now, not at first pixel access
-            rgb = _to_rgb(_upright(im))
+            orientation = _orientation(im)  # after load: a PNG may carry its eXIf chunk after the pixels
+            rgb = _to_rgb(_upright(_reduced(im, target), orientation))
         except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, EOFError, zlib/struct errors
             raise ImageDecodeError(_describe(exc), path) from exc
     return rgb  # safe after `im` is closed: a separate image, never the file-backed one
+
+
+@contextmanager
+def _pillow_limit(max_pixels: int) -> Iterator[None]:
+    """Let Pillow open images up to ``max_pixels`` (its own bomb check refuses above twice its global limit).
+
+    The global is raised only while a file is opened, under a lock; other threads opening images meanwhile see
+    a more permissive Pillow, never a stricter one, and mlic checks their own limit right after opening.
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is None or max_pixels <= limit:
+        yield
+        return
+    with _LIMIT_LOCK:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+
+
+def _reduced(im: Image.Image, target: tuple[int, int] | None) -> Image.Image:
+    """``im`` box-reduced by the largest whole factor that keeps it at least ``target`` (stored axes), or as is."""
+    if target is None:
+        return im
+    factor = min(im.width // max(int(target[0]), 1), im.height // max(int(target[1]), 1))
+    if factor < 2 or im.mode in _NO_REDUCE:
+        return im
+    if im.mode in ("RGBA", "LA"):  # premultiplied, so transparent pixels' colour does not bleed into the average
+        return im.convert("RGBa" if im.mode == "RGBA" else "La").reduce(factor)
+    return im.reduce(factor)
 
 
 def _source_path(source: ImageSource) -> str | None:
@@ -161,12 +223,10 @@ def _quiet_pillow() -> Iterator[None]:
         yield
 
 
-def _upright(im: Image.Image) -> Image.Image:
-    """A new image rotated/flipped per EXIF orientation; corrupt EXIF leaves the (valid) pixels as stored."""
-    try:
-        return ImageOps.exif_transpose(im)  # returns a copy even when already upright
-    except Exception:
-        return im.copy()
+def _upright(im: Image.Image, orientation: int) -> Image.Image:
+    """A new image (never the file-backed one, which closes) turned upright per EXIF ``orientation``."""
+    method = _UPRIGHT.get(orientation)
+    return im.transpose(method) if method is not None else im.copy()
 
 
 def _orientation(im: Image.Image) -> int:
@@ -183,7 +243,7 @@ def _orientation(im: Image.Image) -> int:
             exif = im.getexif()
         value = exif.get(_EXIF_ORIENTATION, 1)
         return value if isinstance(value, int) and 1 <= value <= 8 else 1
-    except Exception:  # corrupt EXIF: decoding still works, exif_transpose will ignore it too
+    except Exception:  # corrupt EXIF: decoding still works, with the pixels as stored
         return 1
 
 

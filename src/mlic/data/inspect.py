@@ -17,13 +17,14 @@ import numpy as np
 
 from mlic.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, read_image_size
 from mlic.data.labels import build_vocabulary, encode
-from mlic.data.records import Record
+from mlic.data.records import DataError, Record
 
 ERROR, WARNING = "error", "warning"
 
 # kind -> severity, in the order problems are listed. Errors break training or evaluation, or make either
 # silently wrong; warnings can be intended (a background image without labels, a photo shared on purpose).
 PROBLEM_KINDS = {
+    "bad_row": ERROR,
     "missing_file": ERROR,
     "unreadable_image": ERROR,
     "truncated_image": ERROR,
@@ -80,9 +81,12 @@ def inspect_dataset(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     check_images: bool = True,
     progress: bool = False,
+    row_errors: Sequence[DataError] = (),
 ) -> InspectReport:
     """Label statistics and problems of ``records``.
 
+    row_errors: the rows the reader could not turn into records (``mlic.data.records.RowErrors``), reported
+        as ``bad_row`` errors beside every other problem.
     class_names: the expected vocabulary (e.g. a checkpoint's); labels outside it are ``unknown_label``
         errors and the statistics use its order. Default: every label in the data, sorted.
     check_images: read, hash and fully decode every distinct file (the slow part); otherwise only check
@@ -92,6 +96,7 @@ def inspect_dataset(
     labels_per_image, per_class, cooc = _label_stats(records, names)
     duplicate_rows, unique = _duplicate_rows(records)
     problems = [
+        *(Problem(ERROR, "bad_row", "", *_split_where(str(err))) for err in row_errors),
         *_label_problems(records, class_names),
         *duplicate_rows,
         *_file_problems(unique, max_pixels, check_images, progress),
@@ -109,6 +114,12 @@ def inspect_dataset(
         images_checked=check_images,
         problems=problems,
     )
+
+
+def _split_where(message: str) -> tuple[str, str]:
+    """("labels.csv:12", "what is wrong") from a reader's "labels.csv:12: what is wrong"."""
+    where, _, detail = message.partition(": ")
+    return (where, detail) if detail else ("", message)
 
 
 def _label_stats(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import PIL.Image
 import torch
 
-from mlic.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, ImageSource, decode_image
+from mlic.data.images import DEFAULT_MAX_PIXELS, LIMIT_FLAG, ImageDecodeError, ImageSource, decode_image
 from mlic.data.transforms import Preprocessing, build_eval_transform, build_stage_transform
 
 
@@ -26,10 +26,13 @@ class PixelLoader:
     pre: Preprocessing
     transform: Callable[[PIL.Image.Image], torch.Tensor]
     max_pixels: int = DEFAULT_MAX_PIXELS
+    limit_flag: str = LIMIT_FLAG  # the setting an error about ``max_pixels`` names
 
     def decode(self, source: ImageSource) -> PIL.Image.Image:
-        """The upright 8-bit RGB image, decoded no larger than this preprocessing needs (JPEG)."""
-        return decode_image(source, max_pixels=self.max_pixels, draft_size=self.pre.draft_size)
+        """The upright 8-bit RGB image, decoded no larger than this preprocessing needs."""
+        return decode_image(
+            source, max_pixels=self.max_pixels, draft_size=self.pre.draft_size, limit_flag=self.limit_flag
+        )
 
     def __call__(self, source: ImageSource) -> torch.Tensor:
         return self.transform(self.decode(source))

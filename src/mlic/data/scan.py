@@ -23,7 +23,7 @@ from typing import BinaryIO
 from PIL import Image
 from tqdm import tqdm
 
-from mlic.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, read_image_size
+from mlic.data.images import DEFAULT_MAX_PIXELS, LIMIT_FLAG, ImageDecodeError, decode_image, read_image_size
 from mlic.data.records import DataError, Record
 from mlic.runtime.console import log
 
@@ -110,7 +110,7 @@ def _check(path: str, max_pixels: int) -> str | None:
             if width * height > max_pixels:
                 return (
                     f"image declares {width}x{height} = {width * height:,} pixels, above the limit of "
-                    f"{max_pixels:,} (max_pixels)"
+                    f"{max_pixels:,} ({LIMIT_FLAG} raises it)"
                 )
             suspicion = _truncation_suspicion(handle, head, info.st_size)
     except FileNotFoundError:
@@ -188,10 +188,12 @@ def _unsupported(head: bytes) -> str | None:
     return None
 
 
-def drop_bad_images(records: list[Record], *, skip: bool, progress: bool = False) -> list[Record]:
-    """Scan before training: a bad file stops the run, naming it, unless ``skip`` (``--skip-bad-images``)
-    leaves every bad file out with a summary."""
-    bad = scan_images(records, progress=progress)
+def drop_bad_images(
+    records: list[Record], *, skip: bool, max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False
+) -> list[Record]:
+    """Scan before training: a missing, unreadable, truncated or oversized file stops the run, naming every one,
+    unless ``skip`` (``--skip-bad-images``) leaves them all out with a summary."""
+    bad = scan_images(records, max_pixels=max_pixels, progress=progress)
     if not bad:
         return records
     if not skip:

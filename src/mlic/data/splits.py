@@ -34,7 +34,6 @@ import numpy as np
 from mlic.data.records import Record
 
 MIN_EXAMPLES = 3  # a label with at least this many examples must appear in every requested split
-SPLIT_NAMES = ("train", "val", "test")
 
 
 def stratified_split(

@@ -63,8 +63,11 @@ class Preprocessing:
         )
 
 
+RESIZE_MODES = ("squash",)  # the whole image resized to S x S, no crop: labels may sit at the edges
+
+
 def _resize(size: int, mode: str) -> v2.Transform:
-    if mode != "squash":
+    if mode not in RESIZE_MODES:
         raise ValueError(f"unknown resize mode {mode!r}")
     return v2.Resize((size, size), antialias=True)
 

@@ -62,7 +62,9 @@ def prepare_data(
     splits = read_splits(d, seed=seed, progress=progress)
     pre, train_pipeline, val_pipeline = pipelines(d)
     train_cache, val_cache = build_caches(d, splits, progress=progress, info=info)
-    train_ds = MultiLabelDataset(splits.train, splits.class_names, train_pipeline, cache=train_cache, seed=seed)
+    limit = d.max_image_pixels
+    train_ds = MultiLabelDataset(splits.train, splits.class_names, train_pipeline, cache=train_cache, seed=seed,
+                                 max_pixels=limit)  # fmt: skip
     sampler = EpochSampler(train_ds, shuffle=True, seed=seed, rank=info.rank, world_size=info.world_size)
     train_loader = build_loader(
         train_ds,
@@ -76,7 +78,7 @@ def prepare_data(
     )
     val_loader = None
     if splits.val:
-        val_ds = MultiLabelDataset(splits.val, splits.class_names, val_pipeline, cache=val_cache)
+        val_ds = MultiLabelDataset(splits.val, splits.class_names, val_pipeline, cache=val_cache, max_pixels=limit)
         # Sharded without shuffling; the sampler's padding duplicates are dropped when predictions are gathered.
         val_sampler = DistributedSampler(val_ds, info.world_size, info.rank, shuffle=False) if info.enabled else None
         val_loader = build_loader(
@@ -115,9 +117,8 @@ def _cache(d: DataConfig, info: DistInfo, records: list[Record], pipeline: Pipel
         if building_rank == info.is_main:
             start = time.perf_counter()
             try:
-                cache, built = ensure_cache(
-                    records, pipeline, root=d.cache_dir, progress=progress, desc=f"caching {split} images"
-                )
+                cache, built = ensure_cache(records, pipeline, root=d.cache_dir, progress=progress,
+                                            desc=f"caching {split} images", max_pixels=d.max_image_pixels)  # fmt: skip
             except CacheUnavailable as exc:
                 log(f"warning: no decoded-image cache for the {split} images: {exc}")
                 cache, built = None, False
@@ -132,7 +133,9 @@ def _cache(d: DataConfig, info: DistInfo, records: list[Record], pipeline: Pipel
 def read_splits(d: DataConfig, *, seed: int, progress: bool) -> Splits:
     """Read train/val/test labels (holding out ``val_fraction`` of train when there is no val file), name the
     classes from the training labels, and scan the images (bad ones stop the run, or are left out)."""
-    read = dict(fmt=d.format, image_root=d.image_root, label_delimiter=d.label_delimiter)
+    # Missing files are not an error yet: the image scan below reports them with every other bad file, so that
+    # --skip-bad-images can leave them all out.
+    read = dict(fmt=d.format, image_root=d.image_root, label_delimiter=d.label_delimiter, check_files=False)
     train = load_records(d.train, **read)
     if d.val:
         val = load_records(d.val, **read)
@@ -148,7 +151,10 @@ def read_splits(d: DataConfig, *, seed: int, progress: bool) -> Splits:
     for split, records in (("validation", val), ("test", test)):
         if unknown := unknown_labels(records, class_names):
             log(f"warning: {split} labels not in the training data (ignored): {', '.join(unknown)}")
-    train, val, test = (drop_bad_images(r, skip=d.skip_bad_images, progress=progress) for r in (train, val, test))
+    train, val, test = (
+        drop_bad_images(r, skip=d.skip_bad_images, max_pixels=d.max_image_pixels, progress=progress)
+        for r in (train, val, test)
+    )
     return Splits(train, val, test, class_names)
 
 

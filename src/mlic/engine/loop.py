@@ -29,10 +29,6 @@ class EpochStats:
     def loss(self) -> float:
         return self.loss_sum / max(self.images, 1)
 
-    @property
-    def images_per_second(self) -> float:
-        return self.images / max(self.seconds, 1e-9)
-
 
 @dataclass(frozen=True)
 class Span:

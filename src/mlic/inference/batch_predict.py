@@ -1,7 +1,8 @@
 """Prediction at scale: stream images through a predictor into CSV, JSON Lines, JSON or a table.
 
 Rows are written as batches finish, so memory stays flat however many images there are, and the
-output is in input order. ``resume=True`` continues an interrupted CSV/JSONL run: the rows already
+output is in input order; the file is written aside and renamed into place when complete (``Destination``).
+``Destination(resume=True)`` continues an interrupted CSV/JSONL run: the rows already
 in the file are checked against the inputs in order and skipped, a partially written last line
 (a kill mid-write) is cut off, and the rest is appended. Because CPU kernels can round a sample
 differently in a batch of another size, the resumed run restarts at the last batch boundary (it
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mlic.errors import UserError
+from mlic.inference.destination import Destination
 
 if TYPE_CHECKING:  # torch-free at import: `mlic predict --help` lists FORMATS from here
     from mlic.inference.predictor import BasePredictor, Prediction
@@ -139,23 +141,27 @@ def write_predictions(
     paths: Iterable[Path],
     options: OutputOptions,
     *,
-    output: str | Path | None = None,
-    resume: bool = False,
+    dest: Destination | None = None,
     batch_size: int = 32,
     num_workers: int = 0,
     progress: bool = False,
 ) -> PredictSummary:
-    """Predict ``paths`` (consumed lazily) and write ``options.fmt`` rows to ``output`` (default stdout)."""
+    """Predict ``paths`` (consumed lazily) and write ``options.fmt`` rows to ``dest`` (default stdout).
+
+    The file is written as ``dest.partial`` and renamed into place at the end (see ``Destination``).
+    """
     formatter, summary = RowFormatter(options, predictor.class_names), PredictSummary()
-    todo: Iterable[Path] = paths
+    todo: Iterable[Path] = paths if dest is None else dest.guard(paths)
     fresh = True
-    if resume:
-        if output is None or options.fmt not in RESUMABLE:
-            raise ResumeError(f"--resume needs --output and a format of {' or '.join(RESUMABLE)}")
-        todo, fresh = _prepare_resume(Path(output), iter(paths), formatter, batch_size, summary)
+    if dest is not None and dest.resume:
+        if options.fmt not in RESUMABLE:
+            raise ResumeError(f"--resume needs a format of {' or '.join(RESUMABLE)}, not {options.fmt}")
+        dest.prepare_partial()
+        todo, fresh = _prepare_resume(dest.partial, iter(todo), formatter, batch_size, summary)
     start = time.perf_counter()
+    target = dest.partial if dest is not None else None
     with (
-        open(output, "w" if fresh else "a", encoding="utf-8", newline="") if output else nullcontext(sys.stdout) as out
+        open(target, "w" if fresh else "a", encoding="utf-8", newline="") if target else nullcontext(sys.stdout) as out
     ):
         if fresh:
             out.write(formatter.begin())
@@ -166,6 +172,8 @@ def write_predictions(
             if summary.predicted % batch_size == 0:
                 out.flush()  # whole batches reach the file together: a kill loses little
         out.write(formatter.end())
+    if dest is not None:
+        dest.commit()
     summary.seconds = time.perf_counter() - start
     return summary
 

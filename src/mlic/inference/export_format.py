@@ -52,4 +52,15 @@ def metadata_from_props(props: dict[str, str], source: str | Path) -> dict[str, 
         raise ExportError(
             f"{source}: mlic export version {meta.get('version')} is not supported (reads {EXPORT_VERSION})"
         )
+    from mlic.checkpoint import check_meta_fields  # lazily: this module stays torch-free
+
+    missing = [k for k in ("class_names", "model", "preprocessing", "input") if k not in meta]
+    if missing:
+        raise ExportError(f"{source}: its mlic metadata lacks {', '.join(missing)}")
+    try:
+        check_meta_fields(meta)
+        if not isinstance(meta["input"], dict) or meta["input"].get("dtype") not in INPUT_DTYPES:
+            raise ValueError(f"input.dtype must be one of {', '.join(INPUT_DTYPES)}")
+    except ValueError as exc:
+        raise ExportError(f"{source}: mlic metadata: {exc}") from None
     return meta

@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from mlic.inference.batch_predict import OutputOptions, PredictSummary, RowFormatter
+from mlic.inference.destination import Destination
 from mlic.inference.predictor import BasePredictor
 from mlic.runtime.distributed import DistInfo
 
@@ -27,16 +28,17 @@ def write_predictions_sharded(
     paths: Iterable[Path],
     options: OutputOptions,
     *,
-    output: str | Path,
+    dest: Destination,
     info: DistInfo,
     batch_size: int = 32,
     num_workers: int = 0,
     progress: bool = False,
 ) -> PredictSummary:
-    output = Path(output)
+    """Label this rank's share of ``paths``; rank 0 merges every rank's rows into ``dest`` in input order."""
+    output = dest.path
     formatter, summary = RowFormatter(options, predictor.class_names), PredictSummary()
     start = time.perf_counter()
-    shard = (p for i, p in enumerate(paths) if i % info.world_size == info.rank)
+    shard = (p for i, p in enumerate(dest.guard(paths)) if i % info.world_size == info.rank)
     part = output.with_name(f"{output.name}.part{info.rank}")
     with open(part, "w", encoding="utf-8") as f:
         for pred in predictor.predict_paths(
@@ -49,15 +51,16 @@ def write_predictions_sharded(
     dist.all_reduce(counts)  # also the barrier: every part is complete after it
     summary.predicted, summary.failed = (int(x) for x in counts)
     if info.is_main:
-        _merge(output, formatter, info.world_size)
+        _merge(dest, formatter, info.world_size)
     dist.barrier()
     summary.seconds = time.perf_counter() - start
     return summary
 
 
-def _merge(output: Path, formatter: RowFormatter, world_size: int) -> None:
+def _merge(dest: Destination, formatter: RowFormatter, world_size: int) -> None:
+    output = dest.path
     parts = [output.with_name(f"{output.name}.part{r}") for r in range(world_size)]
-    with ExitStack() as stack, open(output, "w", encoding="utf-8", newline="") as out:
+    with ExitStack() as stack, open(dest.partial, "w", encoding="utf-8", newline="") as out:
         readers = [stack.enter_context(open(p, encoding="utf-8")) for p in parts]
         out.write(formatter.begin())
         # shards differ in length by at most one, the longer ones first: stop at the first empty turn
@@ -66,5 +69,6 @@ def _merge(output: Path, formatter: RowFormatter, world_size: int) -> None:
             out.write(json.loads(line))
             turn += 1
         out.write(formatter.end())
+    dest.commit()
     for p in parts:
         p.unlink()

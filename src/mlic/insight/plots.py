@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+
+def _plain_text(plot: Callable) -> Callable:
+    """Draw ``plot``'s text as given: class names are users' strings, and matplotlib would read "$x$" in one as
+    math (and fail on an odd number of "$")."""
+
+    @functools.wraps(plot)
+    def drawn(*args: Any, **kwargs: Any):
+        import matplotlib
+
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return plot(*args, **kwargs)
+
+    return drawn
 
 
 def _pyplot():
@@ -16,6 +31,7 @@ def _pyplot():
     return plt
 
 
+@_plain_text
 def plot_history(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Loss curves (left) and validation metrics (right) per epoch, like the seed's training_history.png."""
     plt = _pyplot()
@@ -49,6 +65,7 @@ def plot_history(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
     return path
 
 
+@_plain_text
 def plot_label_frequency(
     class_names: Sequence[str], positives: Sequence[int], path: str | Path, *, max_classes: int = 50
 ) -> Path:
@@ -72,6 +89,7 @@ def plot_label_frequency(
     return path
 
 
+@_plain_text
 def plot_cooccurrence(
     class_names: Sequence[str], matrix: Sequence[Sequence[int]], path: str | Path, *, max_classes: int = 30
 ) -> Path:
@@ -118,6 +136,7 @@ def _save(fig, out, dpi: int = 90):
     return target
 
 
+@_plain_text
 def plot_training_curves(rows: Sequence[dict[str, Any]], out):
     """Four panels per epoch from metrics.csv rows: loss, mAP, F1 (micro/macro/samples), learning rate."""
     plt = _pyplot()
@@ -144,6 +163,7 @@ def plot_training_curves(rows: Sequence[dict[str, Any]], out):
     return _save(fig, out)
 
 
+@_plain_text
 def plot_pr_grid(curves: Sequence[dict[str, Any]], out, *, columns: int | None = None):
     """Small multiples of precision-recall curves, the chosen threshold's operating point marked.
 
@@ -185,6 +205,7 @@ def plot_pr_grid(curves: Sequence[dict[str, Any]], out, *, columns: int | None =
     return _save(fig, out, dpi=90)
 
 
+@_plain_text
 def plot_calibration(bins: dict[str, Any], out):
     """Reliability diagram: fraction of positives against mean predicted probability per bin, counts below.
 
@@ -211,6 +232,7 @@ def plot_calibration(bins: dict[str, Any], out):
     return _save(fig, out)
 
 
+@_plain_text
 def plot_cooccurrence_pair(class_names: Sequence[str], truth, predicted, out, *, max_classes: int = 30):
     """Label co-occurrence of the ground truth and of the predictions side by side, same label order.
 
@@ -239,6 +261,7 @@ def plot_cooccurrence_pair(class_names: Sequence[str], truth, predicted, out, *,
     return _save(fig, out)
 
 
+@_plain_text
 def plot_error_counts(class_names: Sequence[str], tp, fp, fn, out, *, max_classes: int = 60):
     """Per-class TP / FP / FN counts as grouped horizontal bars, most frequent labels on top."""
     import numpy as np
@@ -259,6 +282,7 @@ def plot_error_counts(class_names: Sequence[str], tp, fp, fn, out, *, max_classe
     return _save(fig, out)
 
 
+@_plain_text
 def heatmap_overlay(image, cam, *, alpha: float = 0.6):
     """An RGB PIL image with ``cam`` ((h, w) in [0, 1], any size) drawn over ``image`` in the jet colour map."""
     import matplotlib
@@ -275,6 +299,7 @@ def heatmap_overlay(image, cam, *, alpha: float = 0.6):
     return Image.fromarray(np.uint8(np.clip(mixed, 0, 255)))
 
 
+@_plain_text
 def plot_gradcam_overlay(image, cam, caption: str, out):
     """PNG of the image and its Grad-CAM overlay side by side, with ``caption`` as the title."""
     from PIL import Image

@@ -6,7 +6,6 @@ Option keywords are the reader keyword names; error messages name the CLI flag f
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -15,10 +14,10 @@ from mlic.config import LABEL_FORMATS
 from mlic.data.readers.coco import read_coco
 from mlic.data.readers.csv_reader import StrPath, read_csv, read_text
 from mlic.data.readers.folder import read_folder
-from mlic.data.readers.jsonl import read_jsonl
+from mlic.data.readers.jsonl import parse_json, read_jsonl
 from mlic.data.readers.openimages import read_openimages
 from mlic.data.readers.voc import read_voc
-from mlic.data.records import DataError, Record
+from mlic.data.records import DataError, Record, RowErrors
 
 __all__ = [
     "FORMATS",
@@ -70,21 +69,21 @@ def detect_format(path: StrPath) -> str:
     if suffix == ".csv":
         return "openimages" if _header_fields(path) >= _OPENIMAGES_COLUMNS else "csv"
     if suffix == ".json":
-        try:
-            data = json.loads(read_text(path))
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path.name}:{err.lineno}: invalid JSON ({err.msg})") from None
+        data = parse_json(read_text(path), path.name)
         if isinstance(data, dict) and "images" in data and "annotations" in data:
             return "coco"
     raise DataError(f"{path}: cannot tell the annotation format; pass --format (one of: {', '.join(FORMATS)})")
 
 
-def read_records(path: StrPath, fmt: str = "auto", **options: Any) -> list[Record]:
+def read_records(
+    path: StrPath, fmt: str = "auto", *, problems: RowErrors | None = None, **options: Any
+) -> list[Record]:
     """Read annotations at ``path`` in format ``fmt`` ("auto" detects it).
 
     Options set to None are ignored (so a CLI can pass every flag); an option that the format does
     not take is a DataError naming its flag. For openimages, ``class_descriptions`` defaults to the
     one ``*class-descriptions*.csv`` beside the labels file and ``image_root`` is required.
+    ``problems``: where the errors of single rows go (default: raised at the first); a folder layout has none.
     """
     options = {key: value for key, value in options.items() if value is not None}
     for key in options:
@@ -94,25 +93,27 @@ def read_records(path: StrPath, fmt: str = "auto", **options: Any) -> list[Recor
     fmt = detect_format(path) if fmt == "auto" else fmt
     if fmt == "csv":
         _check_options(options, fmt, _CSV_OPTIONS)
-        return read_csv(path, **options)
+        return read_csv(path, problems=problems, **options)
     elif fmt == "tsv":
         _check_options(options, fmt, _CSV_OPTIONS)
-        return read_csv(path, **{"sep": "\t", **options})
+        return read_csv(path, problems=problems, **{"sep": "\t", **options})
     elif fmt == "jsonl":
         _check_options(options, fmt, ("image_root",))
-        return read_jsonl(path, **options)
+        return read_jsonl(path, problems=problems, **options)
     elif fmt == "coco":
         _check_options(options, fmt, ("image_root", "min_area"))
-        return read_coco(path, **options)
+        return read_coco(path, problems=problems, **options)
     elif fmt == "voc":
         _check_options(options, fmt, ("split", "difficult"))
-        return read_voc(path, **options)
+        return read_voc(path, problems=problems, **options)
     elif fmt == "openimages":
         _check_options(options, fmt, ("image_root", "class_descriptions"))
         if "image_root" not in options:
             raise DataError(f"{path.name}: format 'openimages' needs --image-root (the folder of <ImageID>.jpg)")
         descriptions = options.get("class_descriptions") or _find_class_descriptions(path)
-        return read_openimages(path, class_descriptions=descriptions, image_root=options["image_root"])
+        return read_openimages(
+            path, class_descriptions=descriptions, image_root=options["image_root"], problems=problems
+        )
     elif fmt == "folder":
         _check_options(options, fmt, ("match",))
         return read_folder(path, **options)

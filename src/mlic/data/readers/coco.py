@@ -6,54 +6,54 @@ annotations is a fully known image with no positives (COCO annotates every liste
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from mlic.data.readers.csv_reader import StrPath, join_image_path, read_text
-from mlic.data.records import DataError, Record
+from mlic.data.readers.jsonl import parse_json
+from mlic.data.records import DataError, Record, RowErrors, check_label
 
 
-def read_coco(path: StrPath, *, image_root: StrPath | None = None, min_area: float = 0.0) -> list[Record]:
+def read_coco(
+    path: StrPath, *, image_root: StrPath | None = None, min_area: float = 0.0, problems: RowErrors | None = None
+) -> list[Record]:
     """Records from a COCO instances file, one per entry of "images", in file order.
 
     Annotations with area < ``min_area`` (pixels²) are ignored, so tiny objects do not make a label.
     ``file_name`` is joined with ``image_root`` (default: the JSON's folder). Sources read
-    "instances.json:image_id=42".
+    "instances.json:image_id=42". ``problems``: where an image's or annotation's error goes (default: raised).
     """
     path = Path(path).absolute()
     name = path.name
     if min_area < 0:
         raise DataError(f"min_area must be >= 0, got {min_area}")
     root = Path(image_root).absolute() if image_root is not None else path.parent
-    try:
-        data = json.loads(read_text(path))
-    except json.JSONDecodeError as err:
-        raise DataError(f"{name}:{err.lineno}: invalid JSON ({err.msg})") from None
+    data = parse_json(read_text(path), name)
     if not isinstance(data, dict):
         raise DataError(f"{name}:1: expected a JSON object with images, annotations and categories")
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise DataError(f"{name}: missing list {key!r} (not a COCO instances file?)")
+    problems = problems or RowErrors()
     categories = _categories(data["categories"], name)
-    images = {
-        image_id: join_image_path(root, file_name, f"{name}:image_id={image_id}")
-        for image_id, file_name in _images(data["images"], name).items()
-    }
-    if not images:
+    listed = _images(data["images"], name)
+    if not listed:
         raise DataError(f"{name}: no images")
+    images = {}
+    for image_id, file_name in listed.items():
+        try:
+            images[image_id] = join_image_path(root, file_name, f"{name}:image_id={image_id}")
+        except DataError as err:
+            problems.add(err)
     found: dict[Any, set[int]] = {image_id: set() for image_id in images}
     for idx, ann in enumerate(data["annotations"]):
-        image_id = ann.get("image_id") if isinstance(ann, dict) else None
-        if not _is_id(image_id) or image_id not in found:
-            raise DataError(f"{name}:annotations[{idx}]: unknown image id {image_id!r}")
-        where = f"{name}:image_id={image_id}"
-        category = ann.get("category_id")
-        if not _is_id(category) or category not in categories:
-            raise DataError(f"{where}: annotation {ann.get('id', idx)} has unknown category id {category!r}")
-        if min_area > 0 and _area(ann, where) < min_area:
+        try:
+            image_id, category = _annotation(ann, idx, listed, categories, min_area, name)
+        except DataError as err:
+            problems.add(err)
             continue
-        found[image_id].add(category)
+        if image_id in found and category is not None:
+            found[image_id].add(category)
     rank = {category: idx for idx, category in enumerate(categories)}  # labels follow the category list
     return [
         Record(
@@ -65,15 +65,34 @@ def read_coco(path: StrPath, *, image_root: StrPath | None = None, min_area: flo
     ]
 
 
+def _annotation(ann: Any, idx: int, images: dict, categories: dict, min_area: float, name: str):
+    """(image id, category id, or None for an annotation below ``min_area``) of one annotation."""
+    image_id = ann.get("image_id") if isinstance(ann, dict) else None
+    if not _is_id(image_id) or image_id not in images:
+        raise DataError(f"{name}:annotations[{idx}]: unknown image id {image_id!r}")
+    where = f"{name}:image_id={image_id}"
+    category = ann.get("category_id")
+    if not _is_id(category) or category not in categories:
+        raise DataError(f"{where}: annotation {ann.get('id', idx)} has unknown category id {category!r}")
+    if min_area > 0 and _area(ann, where) < min_area:
+        return image_id, None
+    return image_id, category
+
+
 def _categories(entries: list[Any], name: str) -> dict[Any, str]:
-    """Category id -> name, in file order."""
+    """Category id -> name, in file order. Two ids with one name would become one class: refused."""
     categories: dict[Any, str] = {}
+    ids_by_name: dict[str, Any] = {}
     for idx, entry in enumerate(entries):
+        where = f"{name}:categories[{idx}]"
         if not isinstance(entry, dict) or not _is_id(entry.get("id")) or not isinstance(entry.get("name"), str):
-            raise DataError(f"{name}:categories[{idx}]: needs an 'id' and a string 'name'")
+            raise DataError(f"{where}: needs an 'id' and a string 'name'")
         if entry["id"] in categories:
-            raise DataError(f"{name}:categories[{idx}]: duplicate category id {entry['id']!r}")
-        categories[entry["id"]] = entry["name"]
+            raise DataError(f"{where}: duplicate category id {entry['id']!r}")
+        label = check_label(entry["name"], where)
+        if label in ids_by_name:
+            raise DataError(f"{where}: category name {label!r} is also id {ids_by_name[label]!r}'s; names must differ")
+        categories[entry["id"]], ids_by_name[label] = label, entry["id"]
     return categories
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from os import PathLike
 from pathlib import Path
 
-from mlic.data.records import DataError, Record
+from mlic.data.records import DataError, Record, RowErrors, check_label
 
 IMAGE_COLUMNS = ("image", "path", "file", "filename", "image_path", "img")
 TAG_COLUMNS = ("labels", "tags", "label")
@@ -62,13 +62,20 @@ def join_image_path(root: Path, image: str, where: str, *, allow_absolute: bool 
 def csv_rows(text: str, sep: str, name: str) -> Iterator[tuple[int, list[str]]]:
     """Yield (line number of the row's first line, fields), skipping blank rows.
 
-    Rows of only separators (",,,") count as blank: spreadsheets export trailing empty rows that way.
+    Rows of only separators (",,,") count as blank: spreadsheets export trailing empty rows that way. A field
+    that holds a line break is an error: no image path or label has one, and it is what one unbalanced quote
+    does (the csv module then swallows every following row into that field, silently).
     """
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
     end = 0
     try:
         for row in reader:
             start, end = end + 1, reader.line_num  # a quoted field may span lines; report where the row starts
+            if any("\n" in cell or "\r" in cell for cell in row):
+                raise DataError(
+                    f"{name}:{start}: a quoted field starts on this line and runs on over the line break (to line "
+                    f"{end}); is a quote character unbalanced?"
+                )
             if any(cell.strip() for cell in row):
                 yield start, row
     except csv.Error as err:
@@ -94,12 +101,14 @@ def read_csv(
     label_delimiter: str = " ",
     class_columns: Sequence[str] | str | None = None,
     sep: str | None = None,
+    problems: RowErrors | None = None,
 ) -> list[Record]:
     """Records from a CSV/TSV file with a tag-list column or one 0/1/-1/empty column per class.
 
     Without ``labels_column`` or ``class_columns`` a column named labels/tags/label is the tag list;
     failing that, every column except the image column is a class. ``class_columns`` may be a
     comma-separated string. Image paths are relative to ``image_root`` (default: the file's folder).
+    ``problems``: where a bad row's error goes (default: raised); a broken file structure always raises.
     """
     if not label_delimiter:
         raise DataError("label_delimiter must not be empty")
@@ -115,24 +124,34 @@ def read_csv(
         header, f"{name}:{header_line}", image_column, labels_column, class_columns
     )
     root = Path(image_root).absolute() if image_root is not None else path.parent
-    records = []
+    problems = problems or RowErrors()
+    records, rows_read = [], 0
     for line, row in rows:
-        where = f"{name}:{line}"
-        if len(row) != len(header):
-            raise DataError(f"{where}: expected {len(header)} fields like the header, got {len(row)}")
-        image = row[image_idx].strip()
-        if not image:
-            raise DataError(f"{where}: empty image path in column {header[image_idx]!r}")
-        if tag_idx is not None:
-            positives, unknown = _split_tags(row[tag_idx], label_delimiter), ()
-        else:
-            positives, unknown = _class_values(row, header, class_idxs, where)
-        records.append(
-            Record(path=join_image_path(root, image, where), positives=positives, unknown=unknown, source=where)
-        )
-    if not records:
+        rows_read += 1
+        try:
+            records.append(
+                _row_record(row, header, (image_idx, tag_idx, class_idxs), root, label_delimiter, f"{name}:{line}")
+            )
+        except DataError as err:
+            problems.add(err)
+    if not rows_read:
         raise DataError(f"{name}:{header_line}: no rows below the header")
     return records
+
+
+def _row_record(row: list[str], header: list[str], layout, root: Path, delimiter: str, where: str) -> Record:
+    """The record of one data row; ``layout`` is (image column, tag column or None, class columns)."""
+    image_idx, tag_idx, class_idxs = layout
+    if len(row) != len(header):
+        raise DataError(f"{where}: expected {len(header)} fields like the header, got {len(row)}")
+    image = row[image_idx].strip()
+    if not image:
+        raise DataError(f"{where}: empty image path in column {header[image_idx]!r}")
+    if tag_idx is not None:
+        positives, unknown = _split_tags(row[tag_idx], delimiter, where), ()
+    else:
+        positives, unknown = _class_values(row, header, class_idxs, where)
+    return Record(path=join_image_path(root, image, where), positives=positives, unknown=unknown, source=where)
 
 
 def _layout(
@@ -146,6 +165,10 @@ def _layout(
     duplicates = sorted({column for column in header if header.count(column) > 1})
     if duplicates:
         raise DataError(f"{where}: duplicate column(s): {', '.join(map(repr, duplicates))}")
+    lowered = [column.lower() for column in header]
+    alike = sorted({column for column, low in zip(header, lowered, strict=True) if lowered.count(low) > 1})
+    if alike:  # the image/tag columns are found case-insensitively: which one is meant?
+        raise DataError(f"{where}: columns {', '.join(map(repr, alike))} differ only by case; rename one")
     if labels_column is not None and class_columns is not None:
         raise DataError(f"{where}: pass either a labels column or class columns, not both")
     if image_column is not None:
@@ -160,7 +183,10 @@ def _layout(
         image_idx = found
     if class_columns is not None:
         names = class_columns.split(",") if isinstance(class_columns, str) else list(class_columns)
-        return image_idx, None, [_column(header, column.strip(), where) for column in names]
+        idxs = [_column(header, column.strip(), where) for column in names]
+        for idx in idxs:
+            check_label(header[idx], f"{where}: column {idx + 1}")
+        return image_idx, None, idxs
     if labels_column is not None:
         return image_idx, _column(header, labels_column, where), []
     tag_idx = _auto_column(header, TAG_COLUMNS)
@@ -171,6 +197,8 @@ def _layout(
         raise DataError(
             f"{where}: no label columns; expected a tag column ({', '.join(TAG_COLUMNS)}) or one 0/1 column per class"
         )
+    for idx in class_idxs:  # each class column's header is a class name
+        check_label(header[idx], f"{where}: column {idx + 1}")
     return image_idx, None, class_idxs
 
 
@@ -189,10 +217,10 @@ def _auto_column(header: list[str], candidates: tuple[str, ...]) -> int | None:
     return None
 
 
-def _split_tags(cell: str, delimiter: str) -> tuple[str, ...]:
+def _split_tags(cell: str, delimiter: str, where: str) -> tuple[str, ...]:
     """Unique non-empty tags in order; a whitespace delimiter splits on any run of whitespace."""
     parts = cell.split() if delimiter.isspace() else cell.split(delimiter)
-    return tuple(dict.fromkeys(tag.strip() for tag in parts if tag.strip()))
+    return tuple(dict.fromkeys(check_label(tag, where) for tag in parts if tag.strip()))
 
 
 def _class_values(

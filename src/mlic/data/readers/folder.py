@@ -10,7 +10,7 @@ import hashlib
 from pathlib import Path
 
 from mlic.data.readers.csv_reader import StrPath
-from mlic.data.records import DataError, Record
+from mlic.data.records import DataError, Record, check_label
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 MATCH_CHOICES = ("name", "hash")
@@ -31,6 +31,7 @@ def read_folder(root: StrPath, *, match: str = "name") -> list[Record]:
         raise DataError(f"{root}: not a folder")
     groups: dict[str, tuple[Path, list[str]]] = {}  # match key -> (first path, labels)
     for label_dir in sorted(path for path in root.iterdir() if path.is_dir() and not path.name.startswith(".")):
+        check_label(label_dir.name, f"{root}: folder {label_dir.name!r}")
         for image in _images_under(label_dir):
             key = image.name if match == "name" else _sha256(image)
             labels = groups.setdefault(key, (image, []))[1]

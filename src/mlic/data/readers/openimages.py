@@ -9,13 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from mlic.data.readers.csv_reader import POSITIVE_VALUES, StrPath, csv_rows, join_image_path, read_text
-from mlic.data.records import DataError, Record
+from mlic.data.records import DataError, Record, RowErrors, check_label
 
 REQUIRED_COLUMNS = ("ImageID", "LabelName", "Confidence")
 NEGATIVE_CONFIDENCES = ("0", "0.0")
 
 
-def read_openimages(labels_csv: StrPath, *, class_descriptions: StrPath, image_root: StrPath) -> list[Record]:
+def read_openimages(
+    labels_csv: StrPath, *, class_descriptions: StrPath, image_root: StrPath, problems: RowErrors | None = None
+) -> list[Record]:
     """One record per ImageID (in order of first appearance), image path ``image_root/<ImageID>.jpg``.
 
     MIDs are mapped to display names through ``class_descriptions`` (LabelName,DisplayName; with or
@@ -36,26 +38,23 @@ def read_openimages(labels_csv: StrPath, *, class_descriptions: StrPath, image_r
         if column not in header:
             raise DataError(f"{name}:{header_line}: missing column {column!r}; columns are: {', '.join(header)}")
     image_idx, mid_idx, conf_idx = (header.index(column) for column in REQUIRED_COLUMNS)
+    problems = problems or RowErrors()
     sources: dict[str, str] = {}
     labels: dict[str, dict[str, bool]] = {}  # ImageID -> {class name: present}
     for line, row in rows:
         where = f"{name}:{line}"
-        if len(row) != len(header):
-            raise DataError(f"{where}: expected {len(header)} fields like the header, got {len(row)}")
-        image_id, mid, confidence = row[image_idx].strip(), row[mid_idx].strip(), row[conf_idx].strip()
-        if not image_id or not mid:
-            raise DataError(f"{where}: empty ImageID or LabelName")
-        if confidence not in POSITIVE_VALUES + NEGATIVE_CONFIDENCES:
-            raise DataError(f"{where}: Confidence {confidence!r} is not 0 or 1 (machine-generated labels unsupported)")
-        label = names.get(mid, mid)
-        present = confidence in POSITIVE_VALUES
-        if image_id not in sources:
-            # an ImageID like "../x" must not leave the root
-            join_image_path(root, f"{image_id}.jpg", where, allow_absolute=False)
-            sources[image_id] = where
-        if labels.setdefault(image_id, {}).setdefault(label, present) != present:
-            raise DataError(f"{where}: {label!r} ({mid}) is both present and absent for image {image_id}")
-    if not labels:
+        try:
+            image_id, mid, present = _parse_row(row, header, (image_idx, mid_idx, conf_idx), where)
+            if image_id not in sources:
+                # an ImageID like "../x" must not leave the root
+                join_image_path(root, f"{image_id}.jpg", where, allow_absolute=False)
+                sources[image_id] = where
+            label = names.get(mid) or check_label(mid, where)
+            if labels.setdefault(image_id, {}).setdefault(label, present) != present:
+                raise DataError(f"{where}: {label!r} ({mid}) is both present and absent for image {image_id}")
+        except DataError as err:
+            problems.add(err)
+    if not labels and not problems.errors:
         raise DataError(f"{name}:{header_line}: no rows below the header")
     return [
         Record(
@@ -68,6 +67,18 @@ def read_openimages(labels_csv: StrPath, *, class_descriptions: StrPath, image_r
     ]
 
 
+def _parse_row(row: list[str], header: list[str], idxs: tuple[int, int, int], where: str) -> tuple[str, str, bool]:
+    """(ImageID, MID, present) of one label row."""
+    if len(row) != len(header):
+        raise DataError(f"{where}: expected {len(header)} fields like the header, got {len(row)}")
+    image_id, mid, confidence = (row[i].strip() for i in idxs)
+    if not image_id or not mid:
+        raise DataError(f"{where}: empty ImageID or LabelName")
+    if confidence not in POSITIVE_VALUES + NEGATIVE_CONFIDENCES:
+        raise DataError(f"{where}: Confidence {confidence!r} is not 0 or 1 (machine-generated labels unsupported)")
+    return image_id, mid, confidence in POSITIVE_VALUES
+
+
 def read_class_descriptions(path: Path) -> dict[str, str]:
     """MID -> display name. The official file has no header; a "LabelName,DisplayName" first row is skipped."""
     names: dict[str, str] = {}
@@ -76,7 +87,8 @@ def read_class_descriptions(path: Path) -> dict[str, str]:
             continue
         if len(row) < 2 or not row[0].strip() or not row[1].strip():
             raise DataError(f"{path.name}:{line}: expected LabelName,DisplayName")
-        names.setdefault(row[0].strip(), row[1].strip())
+        where = f"{path.name}:{line}"
+        names.setdefault(check_label(row[0], where), check_label(row[1], where))
     if not names:
         raise DataError(f"{path.name}:1: no class descriptions (the file is empty)")
     return names

@@ -13,19 +13,22 @@ from defusedxml import DefusedXmlException
 from defusedxml import ElementTree as SafeET
 
 from mlic.data.readers.csv_reader import StrPath, join_image_path, read_text
-from mlic.data.records import DataError, Record
+from mlic.data.records import DataError, Record, RowErrors, check_label
 
 DIFFICULT_CHOICES = ("ignore", "positive", "negative")
 
 
-def read_voc(root: StrPath, *, split: str = "train", difficult: str = "ignore") -> list[Record]:
+def read_voc(
+    root: StrPath, *, split: str = "train", difficult: str = "ignore", problems: RowErrors | None = None
+) -> list[Record]:
     """Records for the image ids listed in ``ImageSets/Main/<split>.txt``, in file order.
 
     ``difficult``: "ignore" puts a class whose only objects are difficult in ``unknown``; "positive"
     counts difficult objects like any other; "negative" drops them as if absent. The image path is
     ``JPEGImages/<id>.jpg`` (as torchvision does), not the XML's <filename>, which converters often get wrong.
     An id that is an absolute path or climbs out with ".." is an error. XML entity declarations are refused
-    (defusedxml), so a "billion laughs" file is a quick DataError instead of a hang.
+    (defusedxml), so a "billion laughs" file is a quick DataError instead of a hang. ``problems``: where a bad
+    id's or annotation's error goes (default: raised).
     """
     if difficult not in DIFFICULT_CHOICES:
         raise DataError(f"difficult must be one of {', '.join(DIFFICULT_CHOICES)}; got {difficult!r}")
@@ -35,22 +38,30 @@ def read_voc(root: StrPath, *, split: str = "train", difficult: str = "ignore") 
     if not split_file.is_file():
         available = sorted(path.stem for path in (root / "ImageSets" / "Main").glob("*.txt"))
         raise DataError(f"{split_file}: no such split file; splits here: {', '.join(available) or 'none'}")
-    records = []
+    problems = problems or RowErrors()
+    records, ids_read = [], 0
     for number, line in enumerate(read_text(split_file).split("\n"), start=1):
         fields = line.split()
         if not fields:
             continue
-        where = f"{split_name}:{number}"
-        image_id = fields[0]  # per-class split files add a second "1/-1" column; only the id matters here
-        image_path = join_image_path(root / "JPEGImages", f"{image_id}.jpg", where, allow_absolute=False)
-        xml_path = root / "Annotations" / f"{image_id}.xml"
-        if not xml_path.is_file():
-            raise DataError(f"{where}: no annotation file Annotations/{image_id}.xml for image id {image_id!r}")
-        positives, unknown = _labels(xml_path, f"Annotations/{image_id}.xml", difficult)
-        records.append(Record(path=image_path, positives=positives, unknown=unknown, source=where))
-    if not records:
+        ids_read += 1
+        try:
+            # per-class split files add a second "1/-1" column; only the id matters here
+            records.append(_record(root, fields[0], f"{split_name}:{number}", difficult))
+        except DataError as err:
+            problems.add(err)
+    if not ids_read:
         raise DataError(f"{split_name}:1: no image ids (the split file is empty)")
     return records
+
+
+def _record(root: Path, image_id: str, where: str, difficult: str) -> Record:
+    image_path = join_image_path(root / "JPEGImages", f"{image_id}.jpg", where, allow_absolute=False)
+    xml_path = root / "Annotations" / f"{image_id}.xml"
+    if not xml_path.is_file():
+        raise DataError(f"{where}: no annotation file Annotations/{image_id}.xml for image id {image_id!r}")
+    positives, unknown = _labels(xml_path, f"Annotations/{image_id}.xml", difficult)
+    return Record(path=image_path, positives=positives, unknown=unknown, source=where)
 
 
 def _labels(xml_path: Path, name: str, difficult: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -71,6 +82,7 @@ def _labels(xml_path: Path, name: str, difficult: str) -> tuple[tuple[str, ...],
         label = (obj.findtext("name") or "").strip()
         if not label:
             raise DataError(f"{name}: an <object> has no <name>")
+        check_label(label, f"{name}: <object>")
         if (obj.findtext("difficult") or "0").strip() == "1" and difficult != "positive":
             if difficult == "ignore":
                 difficult_names[label] = None
