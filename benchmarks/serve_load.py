@@ -12,6 +12,15 @@ Run from the repository root:
 
 Bounded: at most 256 clients and 600 s, and every request has a timeout. The server gets
 ``--max-in-flight`` = clients, so no request is shed; pass a smaller --max-in-flight to watch 503s instead.
+
+Two hostile scenarios (``--scenario slow``, ``--scenario bombs``, or ``all`` for the three):
+
+* slow: 32 connections send their headers and then one body byte every few seconds, held open while 16 normal
+  clients post for 20 s. Reported: the normal clients' share of 200s and their p99, and how many slow
+  connections the server cut off (408) and after how long.
+* bombs: requests of 16 PNGs that each declare 7000 x 7000 pixels in 514 bytes (refused whole, by the
+  per-request pixel budget), then requests of 4 of them (decoded under the server-wide budget, then refused as
+  broken). Reported: the answers, the server's idle, peak and after-burst RSS (10 s later).
 """
 
 from __future__ import annotations
@@ -63,6 +72,8 @@ def _tiny_checkpoint(work: Path) -> tuple[Path, Path]:
 def _start_server(args, checkpoint: Path, port: int, log: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "mlic", "serve", str(checkpoint), "--port", str(port), "--device", args.device,
            "--max-in-flight", str(args.max_in_flight or args.clients), "--max-batch", str(args.max_batch)]  # fmt: skip
+    if args.scenario != "normal":
+        cmd += ["--max-uploading", "64"]  # room for the slow connections beside the normal clients
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
@@ -157,6 +168,139 @@ def _peak_rss_mb(pid: int) -> float | None:
     return None
 
 
+SLOW_CONNECTIONS, SLOW_NORMAL_CLIENTS, SLOW_SECONDS, TRICKLE_S = 32, 16, 20.0, 3.0
+RSS_BUDGET_MB, RSS_RETURN_MB = 1536, 200
+
+
+def _rss_mb(pid: int, field: str = "VmRSS:") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _slow_connection(port: int, stop: threading.Event, outcome: list) -> None:
+    """Headers, then one body byte every TRICKLE_S seconds, until the server answers or closes."""
+    start = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(b"POST /predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+                  b"Content-Length: 100000\r\n\r\n")  # fmt: skip
+        s.settimeout(TRICKLE_S)
+        while not stop.is_set():
+            try:
+                answer = s.recv(4096)
+            except TimeoutError:
+                try:
+                    s.sendall(b"x")
+                except OSError:
+                    outcome.append(("closed", time.monotonic() - start))
+                    return
+                continue
+            status = answer.split(b" ", 2)[1].decode() if answer.startswith(b"HTTP/") else "closed"
+            outcome.append((status, time.monotonic() - start))
+            return
+        outcome.append(("held to the end", time.monotonic() - start))
+
+
+def _scenario_slow(url: str, port: int, payloads: list) -> None:
+    stop, outcome = threading.Event(), []
+    holders = [threading.Thread(target=_slow_connection, args=(port, stop, outcome), daemon=True)
+               for _ in range(SLOW_CONNECTIONS)]  # fmt: skip
+    for t in holders:
+        t.start()
+    time.sleep(0.5)
+    tally, wall = _drive(url, payloads, 1, SLOW_NORMAL_CLIENTS, SLOW_SECONDS)
+    stop.set()
+    for t in holders:
+        t.join(timeout=TRICKLE_S + 5)
+    total = len(tally.latencies) + len(tally.errors) + tally.busy
+    ok = len(tally.latencies) / total if total else 0.0
+    p99 = float(np.percentile(tally.latencies, 99)) if tally.latencies else float("nan")
+    cut = [seconds for status, seconds in outcome if status == "408"]
+    print(f"slow: {SLOW_CONNECTIONS} trickling connections beside {SLOW_NORMAL_CLIENTS} normal clients for "
+          f"{SLOW_SECONDS:g} s: normal {len(tally.latencies)}/{total} answered 200 ({ok:.1%}), p99 "
+          f"{p99 * 1000:.0f} ms, {len(tally.latencies) / wall:.1f} req/s; slow connections: {len(cut)} cut off "
+          f"with 408 after {min(cut, default=0):.1f}-{max(cut, default=0):.1f} s, others "
+          f"{sorted({status for status, _ in outcome if status != '408'})}")  # fmt: skip
+    print(f"  criteria: normal 200s >= 90%: {ok >= 0.9}; p99 < 2 s: {p99 < 2}; every slow one cut off: "
+          f"{len(cut) == SLOW_CONNECTIONS}")  # fmt: skip
+
+
+def _bomb(width: int = 7000, height: int = 7000) -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 400)) + chunk(b"IEND", b"")
+    )
+
+
+def _scenario_bombs(url: str, pid: int) -> None:
+    bomb = _bomb()
+    time.sleep(2)
+    idle = _rss_mb(pid)
+    peak, sampling = [idle], threading.Event()
+
+    def sample() -> None:
+        while not sampling.is_set():
+            peak.append(_rss_mb(pid))
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    answers: dict[str, list[int]] = {"16 files": [], "4 files": []}
+
+    def post(files: int, key: str) -> None:
+        with httpx.Client(timeout=REQUEST_TIMEOUT_S) as http:
+            for _ in range(3):
+                r = http.post(url, files=[("files", (f"b{i}.png", bomb, "image/png")) for i in range(files)])
+                answers[key].append(r.status_code)
+
+    workers = [threading.Thread(target=post, args=(n, k)) for n, k in ((16, "16 files"), (4, "4 files")) * 4]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    sampling.set()
+    sampler.join()
+    time.sleep(10)
+    after = _rss_mb(pid)
+    for key, codes in answers.items():
+        print(f"bombs: {len(codes)} requests of {key} declaring 7000x7000 each ({len(bomb)} bytes a file): "
+              f"answers {sorted(set(codes))}")  # fmt: skip
+    print(f"  server RSS: idle {idle:.0f} MB, peak {max(peak):.0f} MB, 10 s after the burst {after:.0f} MB")
+    print(f"  criteria: peak <= {RSS_BUDGET_MB} MB: {max(peak) <= RSS_BUDGET_MB}; back within {RSS_RETURN_MB} MB "
+          f"of idle: {after - idle <= RSS_RETURN_MB}")  # fmt: skip
+
+
+def _measure(args, url: str, port: int, pid: int, payloads: list, expected: list) -> None:
+    """The chosen scenarios against the running server."""
+    _drive(url, payloads, args.files_per_request, 2, 1.0)  # warm-up: lazy imports, thread start-up
+    if args.scenario in ("slow", "all"):
+        _scenario_slow(url, port, payloads)
+    if args.scenario in ("bombs", "all"):
+        _scenario_bombs(url, pid)
+    if args.scenario not in ("normal", "all"):
+        return
+    base_rate = 0.0
+    if args.baseline_seconds > 0:
+        tally, wall = _drive(url, payloads, args.files_per_request, 1, args.baseline_seconds)
+        base_rate = _summary("1 client (baseline)", tally, wall)
+        _check(tally, expected)
+    tally, wall = _drive(url, payloads, args.files_per_request, args.clients, args.seconds)
+    rate = _summary(f"{args.clients} clients, {args.seconds:g} s", tally, wall)
+    if base_rate:
+        print(f"throughput vs one client: {rate / base_rate:.2f}x")
+    _check(tally, expected)
+    for message in sorted(set(tally.errors))[:5]:
+        print(f"  error: {message}")
+    print(f"server peak RSS: {_peak_rss_mb(pid) or float('nan'):.0f} MB")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", type=Path, help="default: train a tiny shapes checkpoint first")
@@ -170,6 +314,7 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=1, help="passed to mlic serve")
     ap.add_argument("--max-in-flight", type=int, help="passed to mlic serve (default: --clients)")
     ap.add_argument("--threads", type=int, help="passed to mlic serve (PyTorch CPU threads)")
+    ap.add_argument("--scenario", choices=("normal", "slow", "bombs", "all"), default="normal")
     args = ap.parse_args()
     if not 1 <= args.clients <= 256 or not 0 < args.seconds <= 600 or not 0 <= args.baseline_seconds <= 600:
         sys.exit("--clients must be 1..256 and --seconds / --baseline-seconds at most 600")
@@ -198,22 +343,7 @@ def main() -> None:
         try:
             print(f"mlic serve on 127.0.0.1:{port}: {checkpoint}, device {args.device}, max_batch {args.max_batch}, "
                   f"{len(paths)} distinct {predictor.preprocessing.image_size}px-model images")  # fmt: skip
-            _drive(
-                url, payloads, args.files_per_request, 2, 1.0
-            )  # warm-up: first requests pay for lazy imports and thread start-up
-            base_rate = 0.0
-            if args.baseline_seconds > 0:
-                tally, wall = _drive(url, payloads, args.files_per_request, 1, args.baseline_seconds)
-                base_rate = _summary("1 client (baseline)", tally, wall)
-                _check(tally, expected)
-            tally, wall = _drive(url, payloads, args.files_per_request, args.clients, args.seconds)
-            rate = _summary(f"{args.clients} clients, {args.seconds:g} s", tally, wall)
-            if base_rate:
-                print(f"throughput vs one client: {rate / base_rate:.2f}x")
-            _check(tally, expected)
-            for message in sorted(set(tally.errors))[:5]:
-                print(f"  error: {message}")
-            print(f"server peak RSS: {_peak_rss_mb(server.pid) or float('nan'):.0f} MB")
+            _measure(args, url, port, server.pid, payloads, expected)
         finally:
             server.terminate()
             server.wait(timeout=30)

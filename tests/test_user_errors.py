@@ -6,6 +6,8 @@ exception escaping ``main`` fails the test: that is what a user would have seen 
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +30,14 @@ def files(tiny_shapes, tiny_checkpoint, tmp_path_factory) -> dict[str, Path]:
         (tmp / "split" / f"{split}.csv").parent.mkdir(exist_ok=True)
         (tmp / "split" / f"{split}.csv").write_text("taken\n")
     image = sorted((tiny_shapes["test"].parent / "images" / "test").glob("*.png"))[0]
+    (tmp / "exists.csv").write_text("keep me\n")
+    (tmp / "quote.csv").write_text(f'image,labels\n{image},a\n"{image},b\n{image},c\n')
+    (tmp / "gone.csv").write_text(f"image,labels\n{image},a\n{tmp / 'gone.png'},b\n")
+    (tmp / "model.onnx").write_bytes(b"not a protobuf at all")
+    tampered = tmp / "tampered"
+    shutil.copytree(tiny_checkpoint, tampered)
+    meta = json.loads((tampered / "meta.json").read_text())
+    (tampered / "meta.json").write_text(json.dumps(meta | {"thresholds": [2.0] * len(meta["class_names"])}))
     return {"tmp": tmp, "labels": tiny_shapes["train"], "ckpt": tiny_checkpoint, "image": image}
 
 
@@ -78,6 +88,21 @@ def cases(f: dict[str, Path]) -> list[tuple[list[str], str]]:
         (["data", "cache"], "DATA is required"),
         (["data", "cache", str(t / "missing.csv")], "no such file or folder"),
         (["data", "fashion-collage", str(t / "empty"), str(t / "fashion")], "empty"),
+        # hostile and messy input
+        (["predict", ckpt, image, "--output", str(t / "exists.csv")], "exists; pass --overwrite"),
+        (["predict", ckpt, image, "--output", image, "--overwrite"], "is also an input"),
+        (["predict", ckpt, image, "--output", str(t)], "is a folder"),
+        (["predict", ckpt, image, "--output", str(t / "no" / "dir.csv")], "does not exist"),
+        (["predict", str(t / "model.onnx"), image], "not a loadable ONNX model"),
+        (["predict", str(t / "tampered"), image], "thresholds[0] must be a number in [0, 1]"),
+        (["train", str(t / "quote.csv"), *quick], "quote.csv:3: a quoted field starts on this line"),
+        (
+            ["train", str(t / "gone.csv"), *quick],
+            "1 unreadable image(s); fix or remove them, or pass --skip-bad-images",
+        ),
+        (["train", labels, *quick, "--max-image-pixels", "0"], "data.max_image_pixels (--max-image-pixels) must be"),
+        (["serve", ckpt, "--max-request-pixels", "0"], "argument --max-request-pixels: must be >= 1"),
+        (["serve", ckpt, "--body-timeout-s", "0"], "argument --body-timeout-s: must be >= 0.01"),
     ]
 
 

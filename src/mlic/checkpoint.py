@@ -13,6 +13,7 @@ import json
 import math
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -136,9 +137,40 @@ def checkpoint_folder(path: str | Path) -> Path:
     return _complete_folder(path)
 
 
+def _stamp(folder: Path) -> tuple[str, int, int] | None:
+    """What a save changes: which folder is read (the checkpoint, or its predecessor mid-swap), its inode (a new
+    folder is renamed into place) and meta.json's mtime."""
+    try:
+        return str(folder), os.stat(folder).st_ino, os.stat(folder / META_FILE).st_mtime_ns
+    except OSError:
+        return None
+
+
+def _read_settled(path: str | Path, read):
+    """``read(folder)`` of checkpoint ``path``, again if a save swapped the folder while it was read, so the
+    result never mixes two saves and a reader never fails for a swap it happened to overlap."""
+    attempts = 20
+    for attempt in range(attempts):
+        folder = checkpoint_folder(path)
+        before = _stamp(folder)
+        try:
+            result = read(folder)
+        except CheckpointError:
+            if attempt == attempts - 1 or _stamp(checkpoint_folder(path)) == before:
+                raise
+        else:
+            if _stamp(checkpoint_folder(path)) == before:
+                return result
+        time.sleep(0.002 * attempt)  # saves in a tight loop: step out of the writer's rhythm
+    return result
+
+
 def read_meta(path: str | Path) -> dict[str, Any]:
     """Read and check ``meta.json`` of checkpoint folder ``path`` (or of the folder holding a given file)."""
-    path = checkpoint_folder(path)
+    return _read_settled(path, _read_meta)
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint not found")
     if not path.is_dir():
@@ -230,13 +262,16 @@ def _finite(value: Any) -> bool:
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model described by the checkpoint and load its weights strictly."""
+    return _read_settled(path, lambda folder: _load_checkpoint(folder, device))
+
+
+def _load_checkpoint(path: Path, device: str | torch.device) -> tuple[nn.Module, dict[str, Any]]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from mlic.models import build_model
 
-    path = checkpoint_folder(path)
-    meta = read_meta(path)
+    meta = _read_meta(path)
     spec = meta["model"]
     model = build_model(spec["name"], num_classes=len(meta["class_names"]), **spec.get("kwargs", {}))
     try:

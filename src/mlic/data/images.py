@@ -137,17 +137,26 @@ def decode_image(
                 path,
                 kind="too_large",
             )
-        try:
-            rotated = _orientation(im) in (5, 6, 7, 8)
-            target = None if draft_size is None else (draft_size[::-1] if rotated else draft_size)  # stored axes
-            if target is not None and im.format in ("JPEG", "MPO"):
-                im.draft(im.mode, (int(target[0]), int(target[1])))
-            im.load()  # force the full decode here so truncation surfaces now, not at first pixel access
-            orientation = _orientation(im)  # after load: a PNG may carry its eXIf chunk after the pixels
-            rgb = _to_rgb(_upright(_reduced(im, target), orientation))
-        except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, EOFError, zlib/struct errors
-            raise ImageDecodeError(_describe(exc), path) from exc
+        rgb, failure = _decode_opened(im, draft_size)
+    if failure is not None:
+        # Raised here, outside any handler: chained to Pillow's exception, whose traceback holds the decoder (and
+        # with it the decoded pixels), the error would keep them alive until the cycle collector happened by.
+        raise ImageDecodeError(failure, path)
     return rgb  # safe after `im` is closed: a separate image, never the file-backed one
+
+
+def _decode_opened(im: Image.Image, draft_size: tuple[int, int] | None) -> tuple[Image.Image | None, str | None]:
+    """(upright RGB image, None), or (None, why it could not be decoded)."""
+    try:
+        rotated = _orientation(im) in (5, 6, 7, 8)
+        target = None if draft_size is None else (draft_size[::-1] if rotated else draft_size)  # stored axes
+        if target is not None and im.format in ("JPEG", "MPO"):
+            im.draft(im.mode, (int(target[0]), int(target[1])))
+        im.load()  # force the full decode here so truncation surfaces now, not at first pixel access
+        orientation = _orientation(im)  # after load: a PNG may carry its eXIf chunk after the pixels
+        return _to_rgb(_upright(_reduced(im, target), orientation)), None
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, EOFError, zlib/struct errors
+        return None, _describe(exc)
 
 
 @contextmanager
@@ -177,8 +186,23 @@ def _reduced(im: Image.Image, target: tuple[int, int] | None) -> Image.Image:
     if factor < 2 or im.mode in _NO_REDUCE:
         return im
     if im.mode in ("RGBA", "LA"):  # premultiplied, so transparent pixels' colour does not bleed into the average
-        return im.convert("RGBa" if im.mode == "RGBA" else "La").reduce(factor)
+        return _reduce_premultiplied(im, factor)
     return im.reduce(factor)
+
+
+def _reduce_premultiplied(im: Image.Image, factor: int, rows: int = 64) -> Image.Image:
+    """``im.convert("RGBa").reduce(factor)``, strip by strip, so no full-size premultiplied copy is made.
+
+    Strips are whole multiples of ``factor`` rows high, so every box lies in one strip: the result is the
+    whole-image reduction's, pixel for pixel.
+    """
+    mode = "RGBa" if im.mode == "RGBA" else "La"
+    out = Image.new(mode, (-(-im.width // factor), -(-im.height // factor)))
+    step = rows * factor
+    for top in range(0, im.height, step):
+        strip = im.crop((0, top, im.width, min(top + step, im.height))).convert(mode).reduce(factor)
+        out.paste(strip, (0, top // factor))
+    return out
 
 
 def _source_path(source: ImageSource) -> str | None:
@@ -205,8 +229,13 @@ def _open(source: ImageSource, path: str | None) -> Iterator[Image.Image]:
         raise ImageDecodeError(f"cannot read image: {_describe(exc)}", path) from exc
     except Exception as exc:  # malformed headers raise SyntaxError, ValueError, struct.error, ...
         raise ImageDecodeError(f"malformed image header: {_describe(exc)}", path) from exc
-    with image:  # Image.__exit__ closes the file only if Pillow opened it (a path), not a caller's handle
-        yield image
+    try:
+        with image:  # closes the file only if Pillow opened it (a path), not a caller's handle
+            yield image
+    finally:
+        # Drop the decoded pixels now (the base class's close touches no file): whatever keeps this frame alive
+        # (a traceback in a cycle, an exception stored by a thread pool) must not keep them.
+        Image.Image.close(image)
 
 
 @contextmanager

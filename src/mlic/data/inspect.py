@@ -267,7 +267,10 @@ def format_report(report: InspectReport, max_listed: int = 20) -> str:
         if not found:
             continue
         lines.append(f"  {PROBLEM_KINDS[kind]}: {kind} ({len(found)})")
-        lines += [f"    {p.source or '-'}  {p.path}: {p.detail}" for p in found[:max_listed]]
+        lines += [
+            f"    {p.source or '-'}  {p.path}: {p.detail}" if p.path else f"    {p.source}: {p.detail}"
+            for p in found[:max_listed]
+        ]
         if len(found) > max_listed:
             lines.append(f"    ... and {len(found) - max_listed} more (see report.json)")
     return "\n".join(lines)

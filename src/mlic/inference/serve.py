@@ -284,6 +284,9 @@ def serve(
         import uvicorn
     except ImportError as exc:
         raise MissingExtraError(MISSING_EXTRA) from exc
+    from mlic.runtime.cpu import configure_serving_allocator
+
+    configure_serving_allocator()  # large image buffers go back to the kernel when freed
     if threads is not None:
         import torch
 

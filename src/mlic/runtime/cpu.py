@@ -30,6 +30,24 @@ def default_num_workers(cached: bool = False) -> int:
     return min(8, cpus // 2)
 
 
+def configure_serving_allocator(threshold: int = 1 << 20) -> bool:
+    """A server's setting, the opposite of training's: every allocation above ``threshold`` bytes is its own
+    mapping, returned to the kernel when freed.
+
+    glibc otherwise raises that threshold after each large free, so the next images' buffers come from the heap,
+    where freed memory is kept (and a zeroed allocation must be written over, so it counts as resident): a burst
+    of large uploads left a server gigabytes above its idle size. Returns whether it was applied.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_mmap_threshold = -3  # from glibc's malloc.h; setting it also turns the dynamic threshold off
+    return libc.mallopt(m_mmap_threshold, threshold) == 1
+
+
 def configure_allocator() -> bool:
     """Stop glibc malloc from returning big activation buffers to the kernel after every step.
 
