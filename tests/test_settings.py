@@ -13,6 +13,7 @@ import types
 import typing
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -20,6 +21,7 @@ import mlic
 from mlic.cli import build_parser, main
 from mlic.cli.flags import format_default, help_text
 from mlic.config import SETTINGS, TrainConfig, to_dict
+from mlic.data.records import DataError
 from mlic.engine import fit as fit_module
 
 NOT_SETTINGS = {"help", "config", "overrides", "overwrite", "resume", "clear", "train"}
@@ -258,3 +260,43 @@ def test_settings_table_matches_the_dataclasses():
     walk(TrainConfig)
     assert sorted(s.key for s in SETTINGS.values()) == sorted(leaves) and len(leaves) > 50
     assert len({s.flag for s in SETTINGS.values()}) == len(SETTINGS)
+
+
+def test_builders_take_exactly_the_config_choices():
+    """Each choice setting's tuple is what its builder dispatches on: every value builds, anything else fails."""
+    import torch
+
+    from mlic.config import AUGMENTATIONS, LOSSES, OPTIMIZERS, PRECISIONS, SCHEDULES, THRESHOLD_METHODS
+    from mlic.data.transforms import Preprocessing, build_train_pipeline
+    from mlic.engine.optim import build_optimizer
+    from mlic.engine.schedule import LrSchedule
+    from mlic.evaluation.thresholds import tune_thresholds
+    from mlic.losses import build_loss
+    from mlic.runtime.precision import resolve_precision
+
+    model = torch.nn.Linear(2, 2)
+    probs, targets = np.array([[0.9, 0.1], [0.2, 0.8]]), np.array([[1, 0], [0, 1]])
+    builders = {
+        OPTIMIZERS: lambda name: build_optimizer(model, name, lr=0.1),
+        SCHEDULES: lambda name: LrSchedule(name, 10, [0.1]),
+        LOSSES: lambda name: build_loss(name),
+        AUGMENTATIONS: lambda name: build_train_pipeline(Preprocessing(image_size=32), name),
+        PRECISIONS: lambda name: resolve_precision(name, torch.device("cpu")),
+        THRESHOLD_METHODS: lambda name: tune_thresholds(probs, targets, None, method=name),
+    }
+    for choices, build in builders.items():
+        for name in choices:
+            assert build(name) is not None, name
+        with pytest.raises(ValueError, match="choose one of"):
+            build("no-such-choice")
+
+
+def test_every_label_format_choice_has_a_reader(tmp_path):
+    from mlic.config import LABEL_FORMATS
+    from mlic.data.readers import FORMATS, read_records
+
+    assert set(FORMATS) | {"auto"} == set(LABEL_FORMATS)
+    for fmt in FORMATS:  # the dispatch knows the name: what fails is the (missing) data, never the format
+        with pytest.raises(DataError) as info:
+            read_records(tmp_path / "nothing-here", fmt, **({"image_root": tmp_path} if fmt == "openimages" else {}))
+        assert "unknown format" not in str(info.value)
