@@ -15,7 +15,7 @@ import mlic.data.pixels as pixels_module
 from mlic.cli import main
 from mlic.data import cache as cache_module
 from mlic.data.cache import CacheUnavailable, ensure_cache, open_cache
-from mlic.data.dataset import MultiLabelDataset, collate
+from mlic.data.dataset import MultiLabelDataset
 from mlic.data.labels import build_vocabulary
 from mlic.data.sources import load_records
 from mlic.data.transforms import Preprocessing, build_eval_pipeline, build_train_pipeline
@@ -99,7 +99,7 @@ def test_unreadable_image_is_a_row_error_not_a_crash(shapes, tmp_path):
     cache, _ = ensure_cache(records, pipeline, root=tmp_path / "cache", progress=False)
     assert list(cache.errors) == [5]
     ds = MultiLabelDataset(records, build_vocabulary(records), pipeline, cache=cache)
-    batch = collate([ds[i] for i in range(8)])
+    batch = ds.collate([ds[i] for i in range(8)])
     assert len(batch) == 7 and batch.errors[0][0] == str(records[5].path)
 
 

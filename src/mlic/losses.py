@@ -156,8 +156,17 @@ def auto_pos_weight(targets: np.ndarray, mask: np.ndarray | None = None, max_wei
         raise ValueError(f"mask must have shape {targets.shape}, got {known.shape}")
     if not np.isin(targets[known], (0, 1)).all():
         raise ValueError("known targets must contain only 0 and 1")
-    positives = (known & (targets == 1)).sum(0).astype(np.float64)
-    negatives = (known & (targets == 0)).sum(0).astype(np.float64)
+    positives = (known & (targets == 1)).sum(0)
+    return pos_weight_from_counts(positives, known.sum(0), max_weight)
+
+
+def pos_weight_from_counts(positives: ArrayLike, known: ArrayLike, max_weight: float = 10.0) -> torch.Tensor:
+    """``auto_pos_weight`` from per-class counts: known positives and known entries (C,), as a sparse label table
+    gives them without any (N, C) array."""
+    if max_weight < 1:
+        raise ValueError(f"max_weight must be at least 1, got {max_weight}")
+    positives = np.asarray(positives, np.float64)
+    negatives = np.asarray(known, np.float64) - positives
     ratio = np.divide(negatives, positives, out=np.ones_like(positives), where=positives > 0)
     return torch.as_tensor(np.clip(ratio, 1.0, max_weight), dtype=torch.float32)
 

@@ -1,7 +1,9 @@
-"""Reader records + one decoder + one pipeline -> (uint8 image, flip, target, mask) samples.
+"""Records + one decoder + one pipeline -> (uint8 image, flip) samples, batched with their targets and masks.
 
-The float work (normalisation, and the flip that the sample only decides) is left to ``batch_inputs``,
-per batch on the training device; with a decoded-image cache a sample is a row copy, not a decode.
+Labels stay class ids (``LabelTable``) until a batch is collated, when the (B, C) targets and known-masks of
+its images are built: nothing (N, C) is ever held for the whole set. The float work (normalisation, and the
+flip that the sample only decides) is left to ``batch_inputs``, per batch on the training device; with a
+decoded-image cache a sample is a row copy, not a decode.
 
 An unreadable image never stops a run: the sample comes back marked bad with its path and
 reason, ``collate`` drops it from the batch, and the loop reports it.
@@ -18,9 +20,10 @@ from torch.utils.data import Dataset
 
 from mlic.data.cache import DecodedCache
 from mlic.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError
-from mlic.data.labels import encode
+from mlic.data.labels import LabelTable
 from mlic.data.pixels import PixelLoader
 from mlic.data.records import Record
+from mlic.data.table import as_table
 from mlic.data.transforms import Pipeline
 
 
@@ -49,22 +52,22 @@ class MultiLabelDataset(Dataset):
         seed: int = 0,
     ) -> None:
         self.seed = seed
-        self.records = list(records)
+        # paths and labels as flat arrays over this dataset's classes; targets are built per batch (collate)
+        self.records = as_table(records, class_names)
+        self.labels = self.records.labels
         self.class_names = list(class_names)
         self.pipeline = pipeline
         self.cache = cache
         # the cache may hold more images than this dataset (a held-out split shares its file's cache)
-        self.cache_rows = None if cache is None else np.array([cache.row(r.path) for r in self.records], np.int64)
+        self.cache_rows = None if cache is None else np.array([cache.row(p) for p in self.records.paths], np.int64)
         self.loader = PixelLoader(pipeline.pre, pipeline.stage, max_pixels)
-        index = {name: i for i, name in enumerate(self.class_names)}
-        # Encoded once up front: (N, C) arrays are small and this keeps __getitem__ to decoding only.
-        encoded = [encode(r, index) for r in self.records]
-        c = len(self.class_names)
-        self.targets = np.stack([t for t, _ in encoded]) if encoded else np.zeros((0, c), np.float32)
-        self.masks = np.stack([m for _, m in encoded]) if encoded else np.zeros((0, c), np.float32)
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def collate(self, samples: list[dict]) -> Batch:
+        """The batch of ``samples``, with its (B, C) targets and masks built now from the label table."""
+        return collate(samples, self.labels)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         # The training sampler passes (epoch, index): the sample's augmentation is then seeded from
@@ -72,7 +75,7 @@ class MultiLabelDataset(Dataset):
         epoch, i = key if isinstance(key, tuple) else (None, key)
         image, reason = self._staged(i)
         if image is None:
-            return {"index": i, "error": (str(self.records[i].path), reason)}
+            return {"index": i, "error": (self.records.paths[i], reason)}
         flip = False
         if epoch is not None and (self.pipeline.augment is not None or self.pipeline.flip):
             with torch.random.fork_rng(devices=[]):
@@ -80,18 +83,12 @@ class MultiLabelDataset(Dataset):
                 if self.pipeline.augment is not None:
                     image = self.pipeline.augment(image)
                 flip = self.pipeline.flip and bool(torch.rand(()) < 0.5)
-        return {
-            "index": i,
-            "image": image,
-            "flip": flip,
-            "target": torch.from_numpy(self.targets[i]),
-            "mask": torch.from_numpy(self.masks[i]),
-        }
+        return {"index": i, "image": image, "flip": flip}
 
     def _staged(self, i: int) -> tuple[torch.Tensor | None, str | None]:
         """(uint8 (3, stage, stage), None): a cache row, or decoded and resized now; (None, why) if unreadable."""
         if self.cache_rows is None:
-            return self.loader.load_or_reason(self.records[i].path)
+            return self.loader.load_or_reason(self.records.paths[i])
         try:
             return self.cache.image(int(self.cache_rows[i])), None
         except ImageDecodeError as exc:  # the file was unreadable when the cache was built
@@ -103,17 +100,20 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, index]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
-def collate(samples: list[dict]) -> Batch:
+def collate(samples: list[dict], labels: LabelTable) -> Batch:
+    """Readable samples stacked, unreadable ones listed in ``errors``; targets and masks from ``labels``."""
     good = [s for s in samples if "error" not in s]
     errors = [s["error"] for s in samples if "error" in s]
     if not good:
         empty = torch.empty(0)
         return Batch(empty.to(torch.uint8), empty, empty, empty.to(torch.long), errors)
+    indices = [s["index"] for s in good]
+    targets, masks = labels.dense(indices)
     return Batch(
         images=torch.stack([s["image"] for s in good]),
-        targets=torch.stack([s["target"] for s in good]),
-        masks=torch.stack([s["mask"] for s in good]),
-        indices=torch.tensor([s["index"] for s in good], dtype=torch.long),
+        targets=torch.from_numpy(targets),
+        masks=torch.from_numpy(masks),
+        indices=torch.tensor(indices, dtype=torch.long),
         errors=errors,
         flips=torch.tensor([s["flip"] for s in good], dtype=torch.bool),
     )

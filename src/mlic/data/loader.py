@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from mlic.data.dataset import collate
 from mlic.runtime.cpu import default_num_workers
 from mlic.runtime.seeding import seed_worker
 
@@ -34,9 +33,14 @@ def build_loader(
         shuffle=shuffle if sampler is None else False,
         sampler=sampler,
         num_workers=workers,
-        collate_fn=collate,
+        collate_fn=getattr(dataset, "collate", _plain_collate),
         generator=generator,
         worker_init_fn=seed_worker if workers > 0 else None,
         persistent_workers=workers > 0,
         pin_memory=pin_memory,
     )
+
+
+def _plain_collate(samples: list):
+    """For datasets that bring no ``collate`` of their own: the samples as a list."""
+    return samples

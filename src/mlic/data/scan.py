@@ -20,11 +20,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
+import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
 from mlic.data.images import DEFAULT_MAX_PIXELS, LIMIT_FLAG, ImageDecodeError, decode_image, read_image_size
 from mlic.data.records import DataError, Record
+from mlic.data.table import as_table
 from mlic.runtime.console import log
 
 # How far from the end of the file an end marker may sit: covers padding after it, yet stays too short to
@@ -70,14 +72,15 @@ def scan_images(
     Body corruption that leaves the header and the file end intact is only found by a full decode.
     A path listed by several records is read once and reported for each.
     """
+    table = as_table(records)
     reasons: dict[str, str | None] = {}
     bad = []
-    for record in tqdm(records, desc="scan images", unit="img", disable=not progress, leave=False):
-        path = str(record.path)
+    rows = zip(table.paths, table.sources, strict=True)
+    for path, source in tqdm(rows, total=len(table), desc="scan images", unit="img", disable=not progress, leave=False):
         if path not in reasons:
             reasons[path] = _check(path, max_pixels)
         if reasons[path] is not None:
-            bad.append(BadImage(path=path, source=record.source, reason=reasons[path]))
+            bad.append(BadImage(path=path, source=source, reason=reasons[path]))
     return bad
 
 
@@ -204,4 +207,7 @@ def drop_bad_images(
         )
     log(format_bad_images(bad) + "\nleaving them out (--skip-bad-images)")
     bad_paths = {b.path for b in bad}
-    return [r for r in records if str(r.path) not in bad_paths]
+    if isinstance(records, list):
+        return [r for r in records if str(r.path) not in bad_paths]
+    table = as_table(records)
+    return table.take(np.array([i for i, path in enumerate(table.paths) if path not in bad_paths], np.int64))

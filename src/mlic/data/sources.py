@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mlic.data.readers import read_records
 from mlic.data.records import DataError, Record
+from mlic.data.table import RecordTable, as_table
 
 
 def load_records(
@@ -23,22 +24,35 @@ def load_records(
     label_delimiter: str | None = None,
     check_files: bool = True,
     on_warning: Callable[[str], None] | None = None,
-) -> list[Record]:
+) -> RecordTable:
     """Read annotation file or folder ``path``; fail early, naming file and line, on bad rows or missing images.
 
     An image listed more than once is merged into one record (see ``merge_duplicates``) and reported through
     ``on_warning`` (default: printed to stderr), since a duplicate silently doubles that image's weight.
+    The records come back as one ``RecordTable`` (flat arrays, labels as class ids), whatever the format.
     """
     options = {"image_root": image_root, "label_delimiter": label_delimiter}
     records = read_records(path, fmt, **{k: v for k, v in options.items() if v is not None})
-    if not records:
+    if not len(records):
         raise DataError(f"{path}: no images listed")
-    records, duplicates = merge_duplicates(records)
-    if duplicates:
+    table = as_table(records)
+    if _has_duplicate_paths(table):  # rare: the merge works record by record
+        merged, duplicates = merge_duplicates(list(table))
         (on_warning or _print_warning)(_duplicates_message(path, duplicates))
+        table = as_table(merged)
     if check_files:
-        check_files_exist(records)
-    return records
+        check_files_exist(table)
+    return table
+
+
+def _has_duplicate_paths(table: RecordTable) -> bool:
+    seen: set[str] = set()
+    for path in table.paths:
+        key = os.path.normpath(path)
+        if key in seen:
+            return True
+        seen.add(key)
+    return False
 
 
 def merge_duplicates(records: Sequence[Record]) -> tuple[list[Record], list[tuple[str, list[str]]]]:
@@ -62,6 +76,8 @@ def unknown_labels(records: Sequence[Record], class_names: Sequence[str]) -> lis
     The model has no output for them, so they are silently ignored by the metrics; report them instead.
     """
     known = set(class_names)
+    if isinstance(records, RecordTable):
+        return sorted(set(records.labels.mentioned()) - known)
     return sorted({name for record in records for name in record.mentioned_labels()} - known)
 
 
@@ -105,8 +121,10 @@ def _print_warning(message: str) -> None:
 
 def check_files_exist(records: Sequence[Record], limit: int = 10) -> None:
     """Fail before training starts if image files are missing, naming the label file and line."""
-    missing = [r for r in records if not Path(r.path).is_file()]
+    table = as_table(records)
+    missing = [i for i, path in enumerate(table.paths) if not os.path.isfile(path)]
     if missing:
+        missing = [table[i] for i in missing]
         shown = "\n".join(f"  {r.source or '?'}: image file not found: {r.path}" for r in missing[:limit])
         more = f"\n  ... and {len(missing) - limit} more" if len(missing) > limit else ""
         raise DataError(f"{len(missing)} image file(s) not found\n{shown}{more}")

@@ -14,7 +14,7 @@ import torch
 
 from mlic.config import ThresholdConfig
 from mlic.data.transforms import Preprocessing
-from mlic.evaluation.thresholds import tune_thresholds
+from mlic.evaluation.thresholds import tune_on_cells
 
 METRIC_COLUMNS = [
     "epoch", "train_loss", "val_loss", "val_mAP", "val_f1_micro", "val_f1_macro", "val_f1_samples",
@@ -61,10 +61,9 @@ def checkpoint_meta(
     """Checkpoint metadata: ``model`` is {"name", "kwargs"}, ``config`` the run's config as a dict; thresholds are
     tuned on this epoch's validation predictions (None: 0.5 everywhere)."""
     thresholds, info = None, None
-    if val is not None and len(val["preds"].probs):
-        p = val["preds"]
-        tuned = tune_thresholds(
-            p.probs, p.targets, p.masks, method=tcfg.method, min_positives=tcfg.min_positives, fixed=tcfg.fixed
+    if val is not None and len(val["preds"].indices):
+        tuned = tune_on_cells(
+            val["preds"].cells, method=tcfg.method, min_positives=tcfg.min_positives, fixed=tcfg.fixed
         )
         thresholds, info = [float(x) for x in tuned.thresholds], tuned.to_dict()
     return {

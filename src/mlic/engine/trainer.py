@@ -18,7 +18,7 @@ from mlic.engine.ema import ModelEma
 from mlic.engine.optim import build_optimizer
 from mlic.engine.schedule import LrSchedule
 from mlic.evaluation.scoring import Forward
-from mlic.losses import auto_pos_weight, build_loss
+from mlic.losses import build_loss, pos_weight_from_counts
 from mlic.models import build_model
 from mlic.runtime.console import log
 from mlic.runtime.distributed import DistInfo
@@ -83,7 +83,10 @@ def build_trainer(
         o.schedule, optim_steps * o.epochs, base_lrs, warmup_steps=round(o.warmup_epochs * optim_steps)
     )
     schedule.apply(optimizer)
-    pos_weight = auto_pos_weight(train_ds.targets, train_ds.masks).to(device) if o.pos_weight == "auto" else None
+    labels = train_ds.labels
+    pos_weight = None
+    if o.pos_weight == "auto":
+        pos_weight = pos_weight_from_counts(labels.positive_counts(), labels.known_counts()).to(device)
     loss_fn = build_loss(
         o.loss,
         pos_weight=pos_weight,

@@ -8,9 +8,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from mlic.evaluation.metrics import compute_metrics
+from mlic.evaluation.cells import Cells
+from mlic.evaluation.metrics import metrics_from_cells
 from mlic.evaluation.scoring import Forward, Predictions, score_loader
-from mlic.runtime.distributed import DistInfo, gather_rows
+from mlic.runtime.distributed import DistInfo, gather_all, gather_rows
 
 
 def validate(
@@ -28,14 +29,28 @@ def validate(
     are gathered in dataset order with the sampler's padding duplicates dropped, so they equal one process's."""
     preds = score_loader(net, loader, forward, loss_fn=loss_fn, max_steps=max_steps, progress=progress, desc="val")
     if info.enabled:
-        losses = np.full(len(preds.indices), preds.loss, np.float64)
+        preds = _gathered(preds, info)
+    metrics = metrics_from_cells(preds.cells, 0.5, list(class_names))
+    return {"loss": preds.loss, "preds": preds, "metrics": metrics}
+
+
+def _gathered(preds: Predictions, info: DistInfo) -> Predictions:
+    """Every rank's predictions in dataset order, each image once (the sampler pads with repeats)."""
+    losses = np.full(len(preds.indices), preds.loss, np.float64)
+    if preds.dense:
         idx, probs, targets, masks, losses = gather_rows(
             info, preds.indices, preds.probs, preds.targets, preds.masks, losses
         )
-        mean_loss = float(losses.mean()) if len(losses) else 0.0
-        preds = Predictions(probs, targets, masks, idx, mean_loss, preds.bad_images)
-    metrics = compute_metrics(preds.probs, preds.targets, preds.masks, 0.5, list(class_names))
-    return {"loss": preds.loss, "preds": preds, "metrics": metrics}
+        return Predictions(probs, targets, masks, idx, float(losses.mean()) if len(losses) else 0.0, preds.bad_images)
+    # Only known cells were kept: gather them by dataset index, drop the padding's repeats, renumber the rows.
+    c = preds.cells
+    image = preds.indices[c.rows]
+    idx, losses = gather_rows(info, preds.indices, losses)
+    image, cols, scores, targets = gather_all(info, image, c.cols, c.scores, c.targets)
+    key = np.unique(image * c.num_classes + cols, return_index=True)[1]
+    rows = np.searchsorted(idx, image[key])
+    cells = Cells.from_coo(len(idx), c.num_classes, rows, cols[key], scores[key], targets[key])
+    return Predictions(None, None, None, idx, float(losses.mean()) if len(losses) else 0.0, preds.bad_images, cells)
 
 
 def pick_weights(scored: dict[str, dict | None]) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 
 from mlic.data.records import Record
 from mlic.data.sources import load_records
-from mlic.evaluation.metrics import compute_metrics
+from mlic.evaluation.metrics import metrics_from_cells
 from mlic.evaluation.scoring import BatchOptions, Scored, score_checkpoint
 from mlic.evaluation.thresholds import resolve_thresholds
 
@@ -46,9 +46,9 @@ def evaluation_report(scored: Scored, threshold: float | None = None, data_name:
     unseen = sorted({name for r in scored.records for name in r.positives} - set(class_names))
     method = (meta.get("threshold_info") or {}).get("method")
     thresholds, source = resolve_thresholds(meta.get("thresholds"), len(class_names), threshold, method)
-    metrics = compute_metrics(preds.probs, preds.targets, preds.masks, thresholds, class_names)
+    metrics = metrics_from_cells(preds.cells, thresholds, class_names)
     # Always also at 0.5, so the effect of tuned thresholds is visible side by side.
-    at_half = compute_metrics(preds.probs, preds.targets, preds.masks, 0.5, class_names)
+    at_half = metrics_from_cells(preds.cells, 0.5, class_names)
     return {
         "checkpoint": str(scored.checkpoint),
         "data": data_name or f"{len(scored.records)} records",

@@ -32,8 +32,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-# Sorting happens on blocks of classes so peak memory stays near this many elements per temporary array.
-_BLOCK_ELEMENTS = 2_000_000
+from mlic.evaluation.cells import Cells, confusion, ranking_metrics
 
 
 def predict_labels(probs: ArrayLike, thresholds: float | ArrayLike = 0.5) -> np.ndarray:
@@ -55,7 +54,7 @@ def average_precision(scores: ArrayLike, targets: ArrayLike) -> float:
     scores, targets = _check_binary_problem(scores, targets)
     if not targets.any():
         raise ValueError("average precision is undefined without a positive target")
-    ap, _ = _ranking_metrics(scores[None], targets[None], np.ones((1, targets.size), dtype=bool))
+    ap, _ = ranking_metrics(Cells.from_dense(scores[:, None], targets[:, None], np.ones((targets.size, 1), bool)))
     return float(ap[0])
 
 
@@ -67,7 +66,7 @@ def roc_auc(scores: ArrayLike, targets: ArrayLike) -> float:
     scores, targets = _check_binary_problem(scores, targets)
     if targets.all() or not targets.any():
         raise ValueError("ROC AUC is undefined unless targets hold both a positive and a negative")
-    _, auc = _ranking_metrics(scores[None], targets[None], np.ones((1, targets.size), dtype=bool))
+    _, auc = ranking_metrics(Cells.from_dense(scores[:, None], targets[:, None], np.ones((targets.size, 1), bool)))
     return float(auc[0])
 
 
@@ -80,21 +79,25 @@ def compute_metrics(
 ) -> dict[str, Any]:
     """Every multi-label metric mlic reports, as a JSON-serialisable dict (see the module docstring)."""
     probs, targets, known = _validate(probs, targets, mask)
-    num_images, num_classes = probs.shape
+    return metrics_from_cells(Cells.from_dense(probs, targets, known), thresholds, class_names)
+
+
+def metrics_from_cells(
+    cells: Cells, thresholds: float | ArrayLike = 0.5, class_names: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """``compute_metrics`` of the known cells of an evaluation (unknown cells are not even stored)."""
+    num_images, num_classes = cells.num_images, cells.num_classes
+    if num_classes == 0:
+        raise ValueError("need at least one class")
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(f"got {len(class_names)} class names for {num_classes} classes")
     names: list[Any] = list(class_names) if class_names is not None else list(range(num_classes))
     thr = _as_thresholds(thresholds, num_classes)
-
-    pred = (probs >= thr) & known
-    true = targets & known
-    tp = pred & true
-    fp = pred & ~true
-    fn = ~pred & true
+    counts = confusion(cells, np.broadcast_to(thr, (num_classes,)))
 
     result: dict[str, Any] = {"num_images": num_images, "num_classes": num_classes}
-    result.update(_image_metrics(tp.sum(1), fp.sum(1), fn.sum(1), known.sum(1)))
-    class_tp, class_fp, class_fn = tp.sum(0), fp.sum(0), fn.sum(0)
+    result.update(_image_metrics(counts["image_tp"], counts["image_fp"], counts["image_fn"], counts["image_known"]))
+    class_tp, class_fp, class_fn = counts["class_tp"], counts["class_fp"], counts["class_fn"]
     class_p, class_r, class_f1 = _prf(class_tp, class_fp, class_fn)
     micro_p, micro_r, micro_f1 = _prf(class_tp.sum(), class_fp.sum(), class_fn.sum())
     result.update(
@@ -105,15 +108,13 @@ def compute_metrics(
         recall_macro=float(class_r.mean()),
         f1_macro=float(class_f1.mean()),
     )
-
-    # Ranking metrics work class by class, so lay classes out as rows: (C, N).
-    ap, auc = _ranking_metrics(probs.T, targets.T, known.T)
+    ap, auc = ranking_metrics(cells)
     has_ap, has_auc = ~np.isnan(ap), ~np.isnan(auc)
     result["mAP"] = float(ap[has_ap].mean()) if has_ap.any() else None
     result["roc_auc_macro"] = float(auc[has_auc].mean()) if has_auc.any() else None
     result["excluded_from_map"] = [names[c] for c in np.flatnonzero(~has_ap)]
     result["excluded_from_auc"] = [names[c] for c in np.flatnonzero(~has_auc)]
-    support = true.sum(0)
+    support = counts["class_support"]
     result["per_class"] = [
         {
             "name": names[c],
@@ -159,58 +160,6 @@ def _prf(tp: ArrayLike, fp: ArrayLike, fn: ArrayLike) -> tuple[np.ndarray, np.nd
 
 def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
-
-
-def _ranking_metrics(scores: np.ndarray, targets: np.ndarray, known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """AP and ROC AUC for each row of (R, N) scores, bool targets and bool known; NaN where undefined."""
-    rows, n = scores.shape
-    ap = np.full(rows, np.nan)
-    auc = np.full(rows, np.nan)
-    block = max(1, _BLOCK_ELEMENTS // max(n, 1))
-    for start in range(0, rows, block):
-        part = slice(start, start + block)
-        ap[part], auc[part] = _ranking_block(scores[part], targets[part], known[part])
-    return ap, auc
-
-
-def _ranking_block(scores: np.ndarray, targets: np.ndarray, known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """AP and AUC of a block of rows, from one descending sort per row.
-
-    Tied scores form one group, i.e. one operating point, as in scikit-learn; the order inside a group
-    does not matter, so the sort need not be stable. Unknown entries stay in the sort but carry no weight,
-    so they change neither counts nor areas.
-    """
-    rows, n = scores.shape
-    if n == 0:
-        return np.full(rows, np.nan), np.full(rows, np.nan)
-    order = np.argsort(scores, axis=1)[:, ::-1]
-    sorted_scores = np.take_along_axis(scores, order, axis=1)
-    pos = np.take_along_axis(targets & known, order, axis=1)
-    neg = np.take_along_axis(~targets & known, order, axis=1)
-    tp, fp = np.cumsum(pos, axis=1, dtype=np.float64), np.cumsum(neg, axis=1, dtype=np.float64)
-    num_pos, num_neg = tp[:, -1], fp[:, -1]
-
-    # One entry per tie group, in row-major order: a row's groups are consecutive and never span rows,
-    # so the k-th group start and the k-th group end belong to the same group.
-    differs = sorted_scores[:, 1:] != sorted_scores[:, :-1]
-    edge = np.ones((rows, 1), dtype=bool)
-    is_end, is_start = np.concatenate([differs, edge], axis=1), np.concatenate([edge, differs], axis=1)
-    row = np.nonzero(is_end)[0]
-    tp_end, fp_end = tp[is_end], fp[is_end]
-    fp_before = (fp - neg)[is_start]
-    pos_in_group = tp_end - (tp - pos)[is_start]
-
-    # AP: sum over operating points of (recall gain) * precision, i.e. each positive scores the precision
-    # at the end of its group. AUC (Mann-Whitney): each positive scores the negatives below it plus half
-    # of those tied with it.
-    precision = _safe_div(tp_end, tp_end + fp_end)
-    ap_sum = np.bincount(row, weights=pos_in_group * precision, minlength=rows)
-    wins = pos_in_group * (num_neg[row] - 0.5 * (fp_end + fp_before))
-    auc_sum = np.bincount(row, weights=wins, minlength=rows)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ap = np.where(num_pos > 0, ap_sum / num_pos, np.nan)
-        auc = np.where((num_pos > 0) & (num_neg > 0), auc_sum / (num_pos * num_neg), np.nan)
-    return ap, auc
 
 
 def _check_binary_problem(scores: ArrayLike, targets: ArrayLike) -> tuple[np.ndarray, np.ndarray]:

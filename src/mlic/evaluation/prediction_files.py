@@ -105,11 +105,16 @@ def load_predictions(path: str | Path) -> dict[str, Any]:
     }
 
 
-def save_scored(path: str | Path, preds: Any, records: Sequence[Any], class_names: Sequence[str], thresholds) -> Path:
-    """Save ``mlic.evaluation.scoring.Predictions`` made on a dataset of ``records``.
+def save_scored(
+    path: str | Path, preds: Any, records: Sequence[Any], class_names: Sequence[str], thresholds
+) -> Path | None:
+    """Save ``mlic.evaluation.scoring.Predictions`` made on a dataset of ``records``; None, and nothing written,
+    for predictions too large to have been kept densely (the report then says it has none to draw).
 
     ``preds.indices`` maps rows back to records, since unreadable images are absent from the rows.
     """
+    if not preds.dense:
+        return None
     return save_predictions(
         path,
         probs=preds.probs,

@@ -24,7 +24,9 @@ from mlic.data.dataset import Batch, MultiLabelDataset
 from mlic.data.images import DEFAULT_MAX_PIXELS
 from mlic.data.loader import build_loader
 from mlic.data.records import Record
+from mlic.data.table import RecordTable
 from mlic.data.transforms import Preprocessing, batch_inputs, build_eval_pipeline
+from mlic.evaluation.cells import Cells
 from mlic.models.fold import inference_form
 from mlic.runtime.device import select_device
 from mlic.runtime.precision import Precision
@@ -32,15 +34,29 @@ from mlic.runtime.precision import Precision
 
 @dataclass
 class Predictions:
-    probs: np.ndarray  # (N, C) sigmoid probabilities
-    targets: np.ndarray  # (N, C) 0/1
-    masks: np.ndarray  # (N, C) 1 = known
+    """A model's probabilities on labelled images: the known cells always (every metric needs only those), and
+    the dense (N, C) arrays too while they are small (the report draws from them)."""
+
+    probs: np.ndarray | None  # (N, C) sigmoid probabilities, or None for a set too large to hold densely
+    targets: np.ndarray | None  # (N, C) 0/1
+    masks: np.ndarray | None  # (N, C) 1 = known
     indices: np.ndarray  # (N,) dataset positions of the rows (unreadable images are absent)
     loss: float
     bad_images: list[tuple[str, str]] = field(default_factory=list)
+    cells: Cells | None = None  # derived from the dense arrays when not given
+
+    def __post_init__(self) -> None:
+        if self.cells is None:
+            self.cells = Cells.from_dense(self.probs, self.targets > 0, self.masks > 0)
+
+    @property
+    def dense(self) -> bool:
+        return self.probs is not None
 
     def paths(self, records: Sequence[Record]) -> list[str]:
         """The image path of each row, from the records the dataset was built from."""
+        if isinstance(records, RecordTable):
+            return [records.paths[i] for i in self.indices]
         return [str(records[i].path) for i in self.indices]
 
 
@@ -72,6 +88,11 @@ class BatchOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
 
 
+# Above this many (image, class) cells a scoring pass keeps only the known ones: 20,000 classes over 100,000
+# images would be 8 GB of probabilities, while their Open Images labels are under a million cells.
+DENSE_CELLS = 1 << 26
+
+
 @torch.no_grad()
 def score_loader(
     model: nn.Module,
@@ -85,8 +106,8 @@ def score_loader(
 ) -> Predictions:
     """Run ``model`` over ``loader``; collect probabilities with their targets and masks (and the mean loss)."""
     model.eval()
-    probs, targets, masks, indices, bad = [], [], [], [], []
-    total_loss, seen = 0.0, 0
+    kept = _Collected(int(getattr(model, "num_classes", 0)))
+    total_loss, bad = 0.0, []
     for step, batch in enumerate(tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress)):
         if max_steps is not None and step >= max_steps:
             break
@@ -97,20 +118,51 @@ def score_loader(
         if loss_fn is not None:
             loss = loss_fn(logits, batch.targets.to(forward.device), batch.masks.to(forward.device))
             total_loss += loss.item() * len(batch)
-        seen += len(batch)
-        probs.append(torch.sigmoid(logits).cpu().numpy())
-        targets.append(batch.targets.numpy())
-        masks.append(batch.masks.numpy())
-        indices.append(batch.indices.numpy())
-    c = int(getattr(model, "num_classes", 0))
-    return Predictions(
-        probs=np.concatenate(probs) if probs else np.zeros((0, c), np.float32),
-        targets=np.concatenate(targets) if targets else np.zeros((0, c), np.float32),
-        masks=np.concatenate(masks) if masks else np.zeros((0, c), np.float32),
-        indices=np.concatenate(indices) if indices else np.zeros(0, np.int64),
-        loss=total_loss / max(seen, 1),
-        bad_images=bad,
-    )
+        kept.add(torch.sigmoid(logits).cpu().numpy(), batch)
+    return kept.predictions(total_loss / max(kept.rows, 1), bad)
+
+
+class _Collected:
+    """Rows of a scoring pass: dense while the set stays small, the known cells alone beyond ``DENSE_CELLS``."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.c, self.rows = num_classes, 0
+        self.dense: dict[str, list] | None = {"probs": [], "targets": [], "masks": []}
+        self.indices, self.coo = [], {"rows": [], "cols": [], "scores": [], "targets": []}
+
+    def add(self, probs: np.ndarray, batch: Batch) -> None:
+        targets, masks = batch.targets.numpy(), batch.masks.numpy()
+        if self.dense is not None and (self.rows + len(probs)) * self.c > DENSE_CELLS:
+            for p, t, m, start in self._dense_batches():  # too large now: what was kept densely becomes cells
+                self._add_cells(p, t, m, start)
+            self.dense = None
+        if self.dense is not None:
+            for key, value in (("probs", probs), ("targets", targets), ("masks", masks)):
+                self.dense[key].append(value)
+        else:
+            self._add_cells(probs, targets, masks, self.rows)
+        self.rows += len(probs)
+        self.indices.append(batch.indices.numpy())
+
+    def _dense_batches(self):
+        start = 0
+        for p, t, m in zip(self.dense["probs"], self.dense["targets"], self.dense["masks"], strict=True):
+            yield p, t, m, start
+            start += len(p)
+
+    def _add_cells(self, probs: np.ndarray, targets: np.ndarray, masks: np.ndarray, start: int) -> None:
+        r, c = np.nonzero(masks > 0)
+        for key, value in (("rows", r + start), ("cols", c), ("scores", probs[r, c]), ("targets", targets[r, c] > 0)):
+            self.coo[key].append(value)
+
+    def predictions(self, loss: float, bad: list) -> Predictions:
+        indices = np.concatenate(self.indices) if self.indices else np.zeros(0, np.int64)
+        if self.dense is not None:
+            arrays = {k: np.concatenate(v) if v else np.zeros((0, self.c), np.float32) for k, v in self.dense.items()}
+            return Predictions(arrays["probs"], arrays["targets"], arrays["masks"], indices, loss, bad)
+        coo = {k: np.concatenate(v) for k, v in self.coo.items()}
+        cells = Cells.from_coo(self.rows, self.c, coo["rows"], coo["cols"], coo["scores"], coo["targets"])
+        return Predictions(None, None, None, indices, loss, bad, cells)
 
 
 @dataclass

@@ -33,7 +33,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from mlic.config import THRESHOLD_METHODS as METHODS
-from mlic.evaluation.metrics import _prf, _validate, predict_labels
+from mlic.evaluation.cells import Cells, confusion, rank_block
+from mlic.evaluation.metrics import _prf, _validate
 
 # The lowest threshold handed out; see the module docstring.
 _MIN_THRESHOLD = 1e-6
@@ -83,44 +84,61 @@ def tune_thresholds(
     method: "per_class_f1" maximises each class's F1 on its known entries, "global_f1" picks one threshold
     for all classes maximising micro-F1, "fixed" uses ``fixed`` for every class.
     """
+    probs, targets, known = _validate(probs, targets, mask)
+    return tune_on_cells(Cells.from_dense(probs, targets, known), method=method, min_positives=min_positives,
+                         fixed=fixed)  # fmt: skip
+
+
+def tune_on_cells(cells: Cells, *, method: str = "per_class_f1", min_positives: int = 5, fixed: float = 0.5):
+    """``tune_thresholds`` on the known cells of a validation set (sparse labels: only those are stored)."""
     if method not in METHODS:
         raise ValueError(f"unknown threshold method {method!r}; choose one of: {', '.join(METHODS)}")
     if min_positives < 0:
         raise ValueError(f"min_positives must be >= 0, got {min_positives}")
     if not 0 < fixed <= 1:
         raise ValueError(f"fixed threshold must lie in (0, 1], got {fixed}")
-    probs, targets, known = _validate(probs, targets, mask)
-    num_classes = probs.shape[1]
-
+    num_classes = cells.num_classes
     # Micro-F1 sums TP/FP/FN over classes, so it is the F1 of all known entries pooled into one binary problem.
-    global_threshold = float(np.clip(_best_threshold(probs[known], targets[known], fixed), _MIN_THRESHOLD, 1.0))
+    global_threshold = float(np.clip(_best_threshold(cells.scores, cells.targets, fixed), _MIN_THRESHOLD, 1.0))
     fallback: list[int] = []
-    if method == "fixed":
-        thresholds = np.full(num_classes, fixed, dtype=np.float64)
-    elif method == "global_f1":
-        thresholds = np.full(num_classes, global_threshold, dtype=np.float64)
-    else:
-        thresholds = np.full(num_classes, global_threshold, dtype=np.float64)
-        num_positives = targets.sum(0)  # targets are already 0 where unknown
-        # Classes as rows, so each class's scores are contiguous.
-        scores_t, targets_t, known_t = probs.T.copy(), targets.T.copy(), known.T.copy()
-        for c in range(num_classes):
-            if num_positives[c] < max(min_positives, 1):
-                fallback.append(c)
-                continue
-            rows = known_t[c]
-            thresholds[c] = _best_threshold(scores_t[c, rows], targets_t[c, rows], global_threshold)
+    thresholds = np.full(num_classes, fixed if method == "fixed" else global_threshold, dtype=np.float64)
+    if method == "per_class_f1":
+        num_positives = np.bincount(cells.cols[cells.targets], minlength=num_classes)
+        fallback = [int(c) for c in np.flatnonzero(num_positives < max(min_positives, 1))]
+        best = _best_thresholds(cells)
+        tuned = num_positives >= max(min_positives, 1)
+        thresholds[tuned] = best[tuned]
         thresholds = np.clip(thresholds, _MIN_THRESHOLD, 1.0)
-
     return ThresholdResult(
         thresholds=thresholds,
         method=method,
         global_threshold=global_threshold,
         fallback_classes=fallback,
-        f1_before=_class_f1(probs, targets, known, fixed),
-        f1_after=_class_f1(probs, targets, known, thresholds),
+        f1_before=_class_f1(cells, np.full(num_classes, float(fixed))),
+        f1_after=_class_f1(cells, thresholds),
         baseline_threshold=float(fixed),
     )
+
+
+def _best_thresholds(cells: Cells) -> np.ndarray:
+    """(C,) each class's F1-maximising threshold (``_best_threshold`` per class, from one sort per block)."""
+    out = np.full(cells.num_classes, np.nan)
+    for c0, c1 in cells.blocks():
+        b = rank_block(cells, c0, c1)
+        if not len(b.cls):
+            continue
+        group = b.cls[b.is_end]
+        tp, fp, scores = b.tp[b.is_end], b.fp[b.is_end], b.scores[b.is_end]
+        _, _, f1 = _prf(tp, fp, b.num_pos[group] - tp)
+        starts = np.flatnonzero(np.concatenate([[True], group[1:] != group[:-1]]))
+        best_f1 = np.maximum.reduceat(f1, starts)
+        ends = np.concatenate([starts[1:], [len(group)]])
+        for first, last, cls, top in zip(starts.tolist(), ends.tolist(), group[starts].tolist(), best_f1.tolist(),
+                                         strict=True):  # fmt: skip
+            best = first + int(np.argmax(f1[first:last] == top))  # the first maximum: the highest threshold
+            hi = float(scores[best])
+            out[c0 + cls] = hi if best + 1 == last else _midpoint(hi, float(scores[best + 1]))
+    return out
 
 
 def _best_threshold(scores: np.ndarray, positives: np.ndarray, default: float) -> float:
@@ -155,13 +173,10 @@ def _midpoint(hi: float, lo: float) -> float:
     return hi
 
 
-def _class_f1(probs: np.ndarray, targets: np.ndarray, known: np.ndarray, thresholds: float | np.ndarray) -> np.ndarray:
-    """Per-class F1 on known entries, with mlic.metrics' prediction rule and F1 definition. Returns (C,)."""
-    pred = predict_labels(probs, thresholds) & known
-    tp = (pred & targets).sum(0)
-    fp = (pred & ~targets).sum(0)
-    fn = (~pred & targets).sum(0)
-    return _prf(tp, fp, fn)[2]
+def _class_f1(cells: Cells, thresholds: np.ndarray) -> np.ndarray:
+    """Per-class F1 on known entries, with mlic.evaluation.metrics' prediction rule and F1 definition. (C,)"""
+    counts = confusion(cells, thresholds)
+    return _prf(counts["class_tp"], counts["class_fp"], counts["class_fn"])[2]
 
 
 def resolve_thresholds(

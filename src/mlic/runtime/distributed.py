@@ -62,6 +62,15 @@ def any_rank(flag: bool, info: DistInfo) -> bool:
     return bool(t.item())
 
 
+def gather_all(info: DistInfo, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Every rank's ``arrays`` concatenated, rank 0's first (no reordering, no deduplication)."""
+    if not info.enabled:
+        return arrays
+    gathered: list = [None] * info.world_size
+    dist.all_gather_object(gathered, arrays)
+    return tuple(np.concatenate([g[k] for g in gathered]) for k in range(len(arrays)))
+
+
 def gather_rows(info: DistInfo, indices: np.ndarray, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
     """All ranks' rows, ordered by dataset index, each index once.
 
