@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(BIN)/mlic demo
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests
 	$(BIN)/pytest -q
 

@@ -65,8 +65,8 @@ def main() -> None:
         make_poster(path, args.side)
         megapixels = args.side**2 / 1e6
         print(f"{path.name}: {args.side}x{args.side} RGBA = {megapixels:.1f} MP, {path.stat().st_size / 1e6:.1f} MB "
-              f"on disk, written in {time.perf_counter() - start:.0f} s; decoded RGBA is {args.side**2 * 4 / 2**20:.0f} "
-              f"MiB")  # fmt: skip
+              f"on disk, written in {time.perf_counter() - start:.0f} s; "
+              f"decoded RGBA is {args.side**2 * 4 / 2**20:.0f} MiB")  # fmt: skip
         print(f"{'way':<8}{'seconds':>10}{'peak RSS MiB':>15}")
         for way in ("naive", "full", "mlic"):
             out = subprocess.run([sys.executable, "-c", READ, way, str(path), str(args.size)], capture_output=True,

@@ -182,6 +182,8 @@ def _read_meta(path: Path) -> dict[str, Any]:
         meta = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{meta_path}: not valid JSON ({exc})") from None
+    except OSError as exc:  # vanished since the check above (a save swapped the folder), or unreadable
+        raise CheckpointError(f"{meta_path}: cannot read ({exc.strerror or exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{meta_path}: not an mlic checkpoint (format is not {FORMAT_NAME!r})")
     if meta.get("version") != FORMAT_VERSION:

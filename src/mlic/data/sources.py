@@ -36,7 +36,7 @@ def load_records(
     if not len(records):
         raise DataError(f"{path}: no images listed")
     table = as_table(records)
-    if _has_duplicate_paths(table):  # rare: the merge works record by record
+    if not table.distinct and _has_duplicate_paths(table):  # rare: the merge works record by record
         merged, duplicates = merge_duplicates(list(table))
         (on_warning or _print_warning)(_duplicates_message(path, duplicates))
         table = as_table(merged)

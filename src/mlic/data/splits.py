@@ -208,8 +208,8 @@ def _greedy_assignment(positives: Ragged, num_classes: int, sizes: list[int], se
         split_of = np.repeat(np.arange(3), counts)
         assign[images] = split_of
         placed = positives.take(images)
-        for k in range(3):
-            wanted[k] -= np.bincount(placed.ids[np.repeat(split_of, placed.lengths()) == k], minlength=num_classes)
+        # Sparse update: only the labels the placed images carry (a dense bincount per label would be C x C).
+        np.subtract.at(wanted, (np.repeat(split_of, placed.lengths()), placed.ids), 1.0)
         room -= counts
     rest = np.flatnonzero(assign < 0)  # images without positives fill what room is left
     rest = rest[np.argsort(rank[rest], kind="stable")]

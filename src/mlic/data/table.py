@@ -51,7 +51,8 @@ class StringColumn:
     def take(self, rows: np.ndarray) -> StringColumn:
         """The strings at ``rows``, in that order, without decoding them."""
         rows = np.asarray(rows, np.int64)
-        starts, lengths = self.offsets[rows], np.diff(self.offsets)[rows]
+        starts = self.offsets[rows]
+        lengths = self.offsets[rows + 1] - starts
         offsets = np.zeros(len(rows) + 1, np.int64)
         np.cumsum(lengths, out=offsets[1:])
         gather = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
@@ -67,10 +68,13 @@ class StringColumn:
 class RecordTable(Sequence[Record]):
     """Images (paths), where each was listed (sources) and their labels, as flat arrays; a ``Sequence[Record]``."""
 
-    def __init__(self, paths: StringColumn, sources: StringColumn, labels: LabelTable) -> None:
+    def __init__(
+        self, paths: StringColumn, sources: StringColumn, labels: LabelTable, *, distinct: bool = False
+    ) -> None:
+        """``distinct``: the reader guarantees one record per path (no duplicate check needed)."""
         if not len(paths) == len(sources) == len(labels):
             raise ValueError(f"{len(paths)} paths, {len(sources)} sources and {len(labels)} label rows differ")
-        self.paths, self.sources, self.labels = paths, sources, labels
+        self.paths, self.sources, self.labels, self.distinct = paths, sources, labels, distinct
 
     @classmethod
     def from_records(cls, records: Sequence[Record], class_names: Sequence[str] | None = None) -> RecordTable:
@@ -103,11 +107,12 @@ class RecordTable(Sequence[Record]):
     def take(self, rows: np.ndarray) -> RecordTable:
         """The records at ``rows`` (a split, a shard), in that order."""
         rows = np.asarray(rows, np.int64)
-        return RecordTable(self.paths.take(rows), self.sources.take(rows), self.labels.take(rows))
+        unique = self.distinct and len(np.unique(rows)) == len(rows)
+        return RecordTable(self.paths.take(rows), self.sources.take(rows), self.labels.take(rows), distinct=unique)
 
     def with_classes(self, class_names: Sequence[str]) -> RecordTable:
         """The same records, labels over ``class_names`` (labels outside it dropped: the model has no output)."""
-        return RecordTable(self.paths, self.sources, self.labels.remap(class_names))
+        return RecordTable(self.paths, self.sources, self.labels.remap(class_names), distinct=self.distinct)
 
     @classmethod
     def concat(cls, tables: Sequence[RecordTable]) -> RecordTable:
