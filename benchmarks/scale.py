@@ -16,6 +16,7 @@ and fits how memory and time grow with N (at fixed C) and with C (at fixed N).
     .venv/bin/python benchmarks/scale.py                       # the issue's grid; about 10 minutes, 4 GB peak
     .venv/bin/python benchmarks/scale.py --sizes 10000x600     # one size
     .venv/bin/python benchmarks/scale.py --compare-splits      # iterstrat against the greedy pass
+    .venv/bin/python benchmarks/scale.py --train 1000000x20000 # mlic train --dry-run on tiny images
 
 Bounded: each measurement runs in a child process with an address-space limit (--max-gb, default 8), so a
 regression fails fast instead of taking the machine down.
@@ -156,8 +157,10 @@ def report(results: dict[tuple[int, int], dict]) -> None:
             xs = [p[0] for p in points]
             memory = [max(p[1][s]["peak_mb"] for s in STEPS) - p[1]["base_mb"] for p in points]
             seconds = [sum(p[1][s]["seconds"] for s in STEPS) for p in points]
-            print(f"growth with {axis} at {fixed}={key}: peak memory ~ {axis}^{exponent(xs, memory):.2f}, "
-                  f"time ~ {axis}^{exponent(xs, seconds):.2f} ({len(points)} sizes)")
+            print(
+                f"growth with {axis} at {fixed}={key}: peak memory ~ {axis}^{exponent(xs, memory):.2f}, "
+                f"time ~ {axis}^{exponent(xs, seconds):.2f} ({len(points)} sizes)"
+            )
 
 
 def compare_splits(work: Path) -> None:
@@ -178,17 +181,64 @@ def compare_splits(work: Path) -> None:
         print(f"{n:>8} {classes:>7} | {row[0]:>11.1f} {row[1]:>7.4f} | {row[2]:>9.1f} {row[3]:>7.4f}")
 
 
+TRAIN_FLAGS = ("--format", "openimages", "--dry-run", "--image-size", "32", "--cache", "off")
+
+
+def make_images(folder: Path, n: int) -> Path:
+    """``folder/images/<ImageID>.jpg`` for every image of the label set: hard links to a few tiny JPEGs (a file
+    system allows only so many links to one file), so a million images cost directory entries, not data."""
+    from PIL import Image
+
+    images = folder / "images"
+    images.mkdir(exist_ok=True)
+    per_file = 50_000
+    for k in range((n + per_file - 1) // per_file):
+        source = folder / f"tiny-{k}.jpg"
+        if not source.exists():
+            Image.new("RGB", (8, 8), (40, 90, k % 256)).save(source)
+        for i in range(k * per_file, min(n, (k + 1) * per_file)):
+            target = images / f"{i:016x}.jpg"
+            if not target.exists():
+                target.hardlink_to(source)
+    return images
+
+
+def measure_train(work: Path, n: int, c: int) -> None:
+    """Wall time and peak RSS of ``mlic train --dry-run`` (read, split, scan, datasets, one step, validation)."""
+    folder = work / f"{n}x{c}"
+    labels = make_label_set(folder, n, c)
+    start = time.perf_counter()
+    images = make_images(folder, n)
+    print(f"{n} image files linked in {time.perf_counter() - start:.0f} s", flush=True)
+    mlic = Path(sys.executable).with_name("mlic")
+    command = [str(mlic), "train", str(labels), "--image-root", str(images), *TRAIN_FLAGS,
+               "--output-dir", str(work / "runs"), "--overwrite"]  # fmt: skip
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    status = "ok" if done.returncode == 0 else f"exit {done.returncode}: {done.stderr.strip().splitlines()[-1:]}"
+    print(
+        f"mlic train {n} x {c} {' '.join(TRAIN_FLAGS)}: {seconds:.0f} s, peak RSS {peak:.2f} GB ({status}); "
+        f"load average {' '.join(Path('/proc/loadavg').read_text().split()[:3])}"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default=DEFAULT_SIZES, help="comma-separated NxC (default: %(default)s)")
     ap.add_argument("--work", type=Path, help="where the generated label sets stay (default: a temporary folder)")
     ap.add_argument("--max-gb", type=float, default=8.0, help="address-space limit of each measurement")
     ap.add_argument("--compare-splits", action="store_true", help="iterstrat against the greedy pass, then stop")
+    ap.add_argument("--train", metavar="NxC", help="time mlic train --dry-run on an NxC set of tiny images, then stop")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="mlic-scale-") as tmp:
         work = args.work or Path(tmp)
         if args.compare_splits:
             compare_splits(work)
+            return
+        if args.train:
+            measure_train(work, *(int(x) for x in args.train.lower().split("x")))
             return
         results = {}
         for size in args.sizes.split(","):

@@ -17,6 +17,7 @@ from timeouts import hard_timeout
 from mlic.data.labels import encode
 from mlic.data.readers import read_coco, read_jsonl, read_openimages, read_voc
 from mlic.data.records import DataError, Record
+from mlic.data import scan
 from mlic.data.scan import BadImage, format_bad_images, scan_images
 from mlic.data.sources import load_records, merge_duplicates, unknown_labels
 
@@ -220,7 +221,14 @@ BAD = {  # name -> (bytes, the start of the reason)
 }
 
 
-def test_scan_finds_each_kind_of_bad_file_with_path_source_and_reason(tmp_path: Path) -> None:
+@pytest.mark.parametrize("processes", [False, True], ids=["in-process", "process-pool"])
+def test_scan_finds_each_kind_of_bad_file_with_path_source_and_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, processes: bool
+) -> None:
+    if processes:  # the path a large set takes: blocks of files checked by forked processes
+        monkeypatch.setattr(scan, "PARALLEL_FROM", 1)
+        monkeypatch.setattr(scan, "SCAN_BLOCK", 3)
+        monkeypatch.setattr(scan, "cpu_count", lambda: 2)
     records = []
     for line, (name, data) in enumerate([*((n, d) for n, d in GOOD.items()), *((n, d) for n, (d, _) in BAD.items())]):
         (tmp_path / name).write_bytes(data)

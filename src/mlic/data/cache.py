@@ -40,13 +40,12 @@ import numpy as np
 import PIL
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from mlic.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError
 from mlic.data.pixels import PixelLoader
 from mlic.data.records import Record
 from mlic.data.transforms import Pipeline
-from mlic.runtime.console import log
+from mlic.runtime.console import log, progress_bar
 from mlic.runtime.cpu import cpu_count
 
 CACHE_VERSION = 2  # 2: non-JPEG images far above the input size are box-reduced before staging
@@ -265,7 +264,7 @@ def _decode_into(pixels, records, pipeline, num_workers, max_pixels, progress, d
         worker_init_fn=_one_thread if num_workers else None,
     )
     errors: dict[int, str] = {}
-    with tqdm(total=len(records), desc=desc, unit="img", disable=not progress, leave=False) as bar:
+    with progress_bar(total=len(records), progress=progress, desc=desc, unit="img", leave=False) as bar:
         for items in loader:
             for i, image, error in items:
                 if error is None:

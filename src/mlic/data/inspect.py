@@ -18,6 +18,7 @@ import numpy as np
 from mlic.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, read_image_size
 from mlic.data.labels import build_vocabulary, encode
 from mlic.data.records import DataError, Record
+from mlic.runtime.console import progress_bar
 
 ERROR, WARNING = "error", "warning"
 
@@ -200,11 +201,9 @@ def _duplicate_rows(records: Sequence[Record]) -> tuple[list[Problem], dict[str,
 
 def _file_problems(unique: dict[str, Record], max_pixels: int, check_images: bool, progress: bool) -> list[Problem]:
     """Missing, unreadable, truncated and huge files, and equal content under different paths."""
-    from tqdm import tqdm
-
     problems = []
     first_with: dict[str, str] = {}  # sha256 -> first path with that content
-    for key, record in tqdm(unique.items(), desc="inspect", unit="img", disable=not progress, leave=False):
+    for key, record in progress_bar(unique.items(), progress=progress, desc="inspect", unit="img", leave=False):
         digest, found = _check_file(Path(key), max_pixels, check_images)
         if found is not None:
             problems.append(_problem(found[0], record, found[1], key))

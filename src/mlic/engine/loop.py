@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from itertools import islice
 
 import torch
-from tqdm import tqdm
 
 from mlic.data.dataset import Batch
 from mlic.engine.trainer import StepOptions, Trainer
 from mlic.errors import UserError
+from mlic.runtime.console import log, progress_bar
 
 
 @dataclass
@@ -99,10 +99,10 @@ def train_one_epoch(
     return EpochStats(total_loss, seen, time.perf_counter() - start, step, stopped, bad, skipped)
 
 
-def _progress_bar(loader: Iterable[Batch], span: Span, epoch: int, progress: bool) -> tqdm:
+def _progress_bar(loader: Iterable[Batch], span: Span, epoch: int, progress: bool):
     # islice: stop fetching at the span's end, so no batch is decoded only to be thrown away
-    return tqdm(islice(loader, span.end - span.first), desc=f"epoch {epoch}", unit="batch", leave=False,
-                disable=not progress, dynamic_ncols=True, initial=span.first, total=span.total)  # fmt: skip
+    return progress_bar(islice(loader, span.end - span.first), progress=progress, desc=f"epoch {epoch}", unit="batch",
+                        leave=False, dynamic_ncols=True, initial=span.first, total=span.total)  # fmt: skip
 
 
 def _forward_loss(t: Trainer, batch: Batch) -> torch.Tensor:
@@ -120,7 +120,7 @@ def _forward_loss(t: Trainer, batch: Batch) -> torch.Tensor:
 
 def _non_finite(loss: torch.Tensor, epoch: int, step: int, in_a_row: int, limit: int) -> None:
     """Warn about a skipped step; stop the run when the losses stay non-finite (it is diverging)."""
-    tqdm.write(f"warning: epoch {epoch} step {step}: non-finite loss ({loss.item()}), step skipped")
+    log(f"warning: epoch {epoch} step {step}: non-finite loss ({loss.item()}), step skipped")
     if in_a_row >= limit:
         raise NonFiniteLossError(
             f"{in_a_row} non-finite losses in a row at epoch {epoch} step {step}; lower the learning rate or "

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from mlic.checkpoint import load_checkpoint
 from mlic.data.dataset import Batch, MultiLabelDataset
@@ -28,6 +27,7 @@ from mlic.data.table import RecordTable
 from mlic.data.transforms import Preprocessing, batch_inputs, build_eval_pipeline
 from mlic.evaluation.cells import Cells
 from mlic.models.fold import inference_form
+from mlic.runtime.console import progress_bar
 from mlic.runtime.device import select_device
 from mlic.runtime.precision import Precision
 
@@ -108,7 +108,7 @@ def score_loader(
     model.eval()
     kept = _Collected(int(getattr(model, "num_classes", 0)))
     total_loss, bad = 0.0, []
-    for step, batch in enumerate(tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress)):
+    for step, batch in enumerate(progress_bar(loader, progress=progress, desc=desc, unit="batch", leave=False)):
         if max_steps is not None and step >= max_steps:
             break
         bad += batch.errors

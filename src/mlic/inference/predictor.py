@@ -105,8 +105,8 @@ class BasePredictor:
         ``num_workers`` -1: decoding processes chosen from the CPU count, as for training.
         """
         from torch.utils.data import DataLoader
-        from tqdm import tqdm
 
+        from mlic.runtime.console import progress_bar
         from mlic.runtime.cpu import default_num_workers
 
         total = len(paths) if isinstance(paths, Sized) else None
@@ -117,7 +117,7 @@ class BasePredictor:
             num_workers=default_num_workers() if num_workers < 0 else num_workers,
             collate_fn=_collate,
         )
-        with tqdm(total=total, unit="img", disable=not progress, desc="predict", smoothing=0.1) as bar:
+        with progress_bar(total=total, progress=progress, unit="img", desc="predict", smoothing=0.1) as bar:
             for items in loader:
                 good = [x for _, x, err in items if err is None]
                 probs = iter(self.predict_probabilities(torch.stack(good)) if good else ())
