@@ -152,3 +152,88 @@ def test_train_builds_then_reuses_and_data_cache_prebuilds(shapes, tmp_path, cap
     assert len(os.listdir(root / "decoded")) == 2  # train and validation; nothing new from the second run
     assert main(["data", "cache", "--clear", "--cache-dir", str(root)]) == 0
     assert not (root / "decoded").exists()
+
+
+# ---- at scale: pixel files of bounded size, a disk budget -----------------------------------------------------
+
+
+def test_pixels_are_split_into_files_of_bounded_size(shapes, tmp_path, monkeypatch):
+    records = load_records(shapes["train"])
+    pipeline = build_train_pipeline(Preprocessing(image_size=24), "light")
+    row = 3 * pipeline.stage_size**2
+    monkeypatch.setattr(cache_module, "CACHE_FILE_BYTES", 7 * row + 5)  # 7 images a file: 40 = 5 x 7 + 5
+    cache, _ = ensure_cache(records, pipeline, root=tmp_path / "cache", progress=False)
+    files = sorted(cache.folder.glob("pixels-*.u8"))
+    assert [f.stat().st_size // row for f in files] == [7, 7, 7, 7, 7, 5]
+    names = build_vocabulary(records)
+    decoded = _samples(MultiLabelDataset(records, names, pipeline, seed=5))
+    cached = _samples(MultiLabelDataset(records, names, pipeline, cache=cache, seed=5))
+    for a, b in zip(decoded, cached, strict=True):
+        assert ("image" in a) == ("image" in b)
+        if "image" in a:
+            assert torch.equal(a["image"], b["image"])
+    files[3].unlink()  # a file gone: the cache is incomplete, not trusted
+    assert open_cache(records, pipeline, root=tmp_path / "cache") is None
+
+
+def _age(cache, seconds: float) -> None:
+    """Make ``cache`` look last used ``seconds`` ago."""
+    meta = cache.folder / "meta.json"
+    then = meta.stat().st_mtime - seconds
+    os.utime(meta, (then, then))
+
+
+def test_the_budget_evicts_the_least_recently_used_caches(shapes, tmp_path):
+    records = load_records(shapes["train"])
+    root = tmp_path / "cache"
+    sizes = {}
+    caches = {}
+    for size in (16, 20, 24):
+        pipeline = build_eval_pipeline(Preprocessing(image_size=size))
+        caches[size], _ = ensure_cache(records, pipeline, root=root, progress=False)
+        sizes[size] = sum(f.stat().st_size for f in caches[size].folder.iterdir())
+    _age(caches[16], 3 * 86400)
+    _age(caches[20], 2 * 86400)
+    _age(caches[24], 1 * 86400)
+    new = build_eval_pipeline(Preprocessing(image_size=28))
+    needed = 40 * 3 * new.stage_size**2
+    budget = sizes[20] + sizes[24] + needed + 1000  # room for the two most recent ones and the new one
+    cache, built = ensure_cache(records, new, root=root, progress=False, max_bytes=budget)
+    assert built
+    assert not caches[16].folder.exists() and caches[20].folder.exists() and caches[24].folder.exists()
+    assert cache.folder.exists() and sum(c[1] for c in cache_module.cache_sizes(root / "decoded")) <= budget
+
+
+def test_caches_in_use_are_never_evicted_and_too_big_is_no_cache(shapes, tmp_path):
+    records = load_records(shapes["train"])
+    root = tmp_path / "cache"
+    in_use, _ = ensure_cache(records, build_eval_pipeline(Preprocessing(image_size=24)), root=root, progress=False)
+    other = build_eval_pipeline(Preprocessing(image_size=20))
+    needed = 40 * 3 * other.stage_size**2
+    with pytest.raises(CacheUnavailable, match="used in the last hour already take"):
+        ensure_cache(records, other, root=root, progress=False, max_bytes=needed + 10)
+    assert in_use.folder.exists()
+    with pytest.raises(CacheUnavailable, match="above the cache budget"):
+        ensure_cache(records, other, root=root, progress=False, max_bytes=needed - 1)
+
+
+def test_crashed_builds_are_cleaned_up_after_a_day(shapes, tmp_path):
+    records = load_records(shapes["train"])
+    decoded = tmp_path / "cache" / "decoded"
+    stale, fresh = decoded / "abc.tmp-1", decoded / "abd.tmp-2"
+    for folder, age in ((stale, 2 * 86400), (fresh, 60)):
+        folder.mkdir(parents=True)
+        (folder / "pixels-00000.u8").write_bytes(b"\0" * 100)
+        then = folder.stat().st_mtime - age
+        os.utime(folder, (then, then))
+    ensure_cache(records, build_eval_pipeline(Preprocessing(image_size=16)), root=tmp_path / "cache", progress=False)
+    assert not stale.exists() and fresh.exists()
+
+
+def test_train_over_the_budget_reads_the_files(shapes, tmp_path, capsys):
+    args = ["train", str(shapes["train"]), "--val", str(shapes["val"]), "--image-size", "24", "--epochs", "1",
+            "--output-dir", str(tmp_path / "runs"), "--name", "r", "--no-progress", "--no-report", "--device", "cpu",
+            "--cache-dir", str(tmp_path / "c"), "--cache-max-gb", "0.00001"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "warning: no decoded-image cache for the train images" in out and "above the cache budget" in out

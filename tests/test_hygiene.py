@@ -14,10 +14,10 @@ import pytest
 from PIL import Image
 from timeouts import hard_timeout
 
+from mlic.data import scan
 from mlic.data.labels import encode
 from mlic.data.readers import read_coco, read_jsonl, read_openimages, read_voc
 from mlic.data.records import DataError, Record
-from mlic.data import scan
 from mlic.data.scan import BadImage, format_bad_images, scan_images
 from mlic.data.sources import load_records, merge_duplicates, unknown_labels
 

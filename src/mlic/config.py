@@ -103,6 +103,9 @@ class DataConfig:
     val: str | None = setting(None, "validation labels (default: hold out --val-fraction of DATA)", metavar="FILE")
     test: str | None = setting(None, "test labels, evaluated with the best checkpoint at the end", metavar="FILE")
     format: str = setting("auto", "label format (auto: from the file's suffix and content)", choices=LABEL_FORMATS)
+    shard_index: str | None = setting(
+        None, "index.json of streamed shards (default: beside the shards; needed for pipe: URLs)", metavar="URL"
+    )
     image_root: str | None = setting(
         None, "folder image paths are relative to (default: the label file's)", metavar="DIR"
     )
@@ -137,6 +140,13 @@ class DataConfig:
     )
     cache_dir: str | None = setting(
         None, "where caches live (default: $MLIC_CACHE_DIR, else ~/.cache/mlic)", metavar="DIR"
+    )
+    cache_max_gb: float = setting(
+        100.0,
+        "disk all decoded-image caches may use together; the least recently used are deleted to make room "
+        "(0: no limit but the free space)",
+        rule=at_least(0),
+        metavar="GB",
     )
 
 

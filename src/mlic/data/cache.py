@@ -8,9 +8,18 @@ epochs and later runs read rows of a memory-mapped file instead.
 Layout, under ``cache_root()`` (``$MLIC_CACHE_DIR``, else ``$XDG_CACHE_HOME/mlic``, else ``~/.cache/mlic``), never
 inside the user's image folders:
 
-    decoded/<key>/pixels.u8    (N, 3, S, S) uint8; row i is records[i] as staged
-    decoded/<key>/meta.json    shape, staging spec, and the rows that could not be decoded with the reason;
-                               written last, then the folder is renamed into place: no meta, no cache
+    decoded/<key>/pixels-00000.u8, ...   (N, 3, S, S) uint8 in files of at most 4 GiB (``CACHE_FILE_BYTES``):
+                               row i is records[i] as staged. Open Images at 224 px is 250 GB; one file that
+                               size defeats copying, quotas and file systems with a file-size limit.
+    decoded/<key>/meta.json    shape, rows per file, staging spec, and the rows that could not be decoded with
+                               the reason; written last, then the folder is renamed into place: no meta, no
+                               cache. Its modification time is the cache's last use.
+
+A disk budget (``--cache-max-gb``, default 100) bounds all caches together: before a new cache is written,
+the least recently used ones are deleted until it fits, except caches used in the last ``IN_USE_S`` seconds
+(another run may be reading them); a cache larger than the budget by itself is not built (``auto`` then
+reads the image files). Half-written folders of crashed builds older than a day are removed on the way.
+Streamed shards are never cached (``mlic.data.streaming``).
 
 The key hashes the format version, the Pillow version (the decoder), the staging spec (size, resize mode,
 reduced-size decoding), the pixel limit and every record's absolute path, byte size, inode, and modification
@@ -26,12 +35,14 @@ mlic then builds a private one for this process (in a fresh temporary folder) an
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +59,10 @@ from mlic.data.transforms import Pipeline
 from mlic.runtime.console import log, progress_bar
 from mlic.runtime.cpu import cpu_count
 
-CACHE_VERSION = 2  # 2: non-JPEG images far above the input size are box-reduced before staging
+CACHE_VERSION = 3  # 2: non-JPEG images far above the input size are box-reduced; 3: pixels in several files
+CACHE_FILE_BYTES = 1 << 32
+IN_USE_S = 3600  # a cache used this recently may be open in another run: never evicted
+STALE_BUILD_S = 86400  # a half-written cache folder this old is a crashed build's
 # Room left on the cache's disk after it is written; below that, "auto" trains without a cache.
 FREE_SPACE_MARGIN = 1 << 30
 
@@ -98,25 +112,44 @@ def _unsafe(folder: Path) -> str | None:
     return None
 
 
+def rows_per_file(shape: Sequence[int]) -> int:
+    """How many staged images go in one pixel file."""
+    return max(1, CACHE_FILE_BYTES // int(np.prod(shape[1:])))
+
+
+def _file_rows(shape: Sequence[int], per_file: int) -> list[int]:
+    n = int(shape[0])
+    return [min(per_file, n - start) for start in range(0, n, per_file)]
+
+
+def _pixel_file(folder: Path, k: int) -> Path:
+    return folder / f"pixels-{k:05d}.u8"
+
+
 @dataclass
 class DecodedCache:
-    """Staged uint8 images of a list of records, read from a memory-mapped file (opened lazily per process,
-    so DataLoader workers map the file themselves instead of receiving a copy of it)."""
+    """Staged uint8 images of a list of records, read from memory-mapped files (opened lazily per process,
+    so DataLoader workers map the files themselves instead of receiving a copy of them)."""
 
     folder: Path
     shape: tuple[int, int, int, int]  # (N, 3, S, S)
     errors: dict[int, str]  # row -> why it could not be decoded
     index: dict[str, int]  # absolute path -> row
-    _pixels: np.ndarray | None = field(default=None, repr=False)
+    per_file: int = 0  # rows in each pixel file (the last may hold fewer); 0: from the shape
+    _maps: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.per_file = self.per_file or rows_per_file(self.shape)
 
     def __getstate__(self) -> dict:
-        return self.__dict__ | {"_pixels": None}
+        return self.__dict__ | {"_maps": {}}
 
-    @property
-    def pixels(self) -> np.ndarray:
-        if self._pixels is None:
-            self._pixels = np.memmap(self.folder / "pixels.u8", dtype=np.uint8, mode="r", shape=self.shape)
-        return self._pixels
+    def _map(self, k: int) -> np.ndarray:
+        if k not in self._maps:
+            rows = _file_rows(self.shape, self.per_file)[k]
+            self._maps[k] = np.memmap(_pixel_file(self.folder, k), dtype=np.uint8, mode="r",
+                                      shape=(rows, *self.shape[1:]))  # fmt: skip
+        return self._maps[k]
 
     def row(self, path: str | Path) -> int:
         return self.index[os.path.abspath(path)]
@@ -125,7 +158,8 @@ class DecodedCache:
         """uint8 (3, S, S), copied out of the map (a writable tensor that outlives the mapping)."""
         if row in self.errors:
             raise ImageDecodeError(self.errors[row])
-        return torch.from_numpy(np.array(self.pixels[row]))
+        k, r = divmod(row, self.per_file)
+        return torch.from_numpy(np.array(self._map(k)[r]))
 
 
 def cache_key(records: Sequence[Record], pipeline: Pipeline, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
@@ -155,14 +189,20 @@ def open_cache(
     folder = cache_folder(records, pipeline, root, max_pixels)
     try:
         meta = json.loads((folder / "meta.json").read_text())
-        shape = tuple(meta["shape"])
-        complete = (folder / "pixels.u8").stat().st_size == int(np.prod(shape)) and shape[0] == len(records)
+        shape, per_file = tuple(meta["shape"]), int(meta["rows_per_file"])
+        sizes = [rows * int(np.prod(shape[1:])) for rows in _file_rows(shape, per_file)]
+        complete = shape[0] == len(records) and all(
+            _pixel_file(folder, k).stat().st_size == size for k, size in enumerate(sizes)
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if not complete:
         return None
+    with contextlib.suppress(OSError):  # the last use, for the budget's eviction order
+        os.utime(folder / "meta.json")
     errors = {int(k): v for k, v in meta["errors"].items()}
-    return DecodedCache(folder, shape, errors, {os.path.abspath(r.path): i for i, r in enumerate(records)})
+    index = {os.path.abspath(r.path): i for i, r in enumerate(records)}
+    return DecodedCache(folder, shape, errors, index, per_file)
 
 
 def ensure_cache(
@@ -183,10 +223,12 @@ def build_cache(
     root: str | Path | None = None,
     num_workers: int = -1,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = 0,
     progress: bool = True,
     desc: str = "caching",
 ) -> DecodedCache:
-    """Decode and stage every record into a new cache folder (written aside, then renamed into place)."""
+    """Decode and stage every record into a new cache folder (written aside, then renamed into place);
+    ``max_bytes``: the budget of all caches together (0: none), made room for by evicting old ones."""
     if not records:
         raise CacheUnavailable("nothing to cache: no records")
     folder = cache_folder(records, pipeline, root, max_pixels)
@@ -196,10 +238,11 @@ def build_cache(
     try:
         parent.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         parent.mkdir(exist_ok=True, mode=0o700)
-        free = shutil.disk_usage(parent).free
     except OSError as exc:
         raise CacheUnavailable(f"cannot create the image cache folder {parent}: {exc}") from exc
     needed = int(np.prod(shape))
+    make_room(parent, needed, max_bytes, keep=folder.name)
+    free = shutil.disk_usage(parent).free
     if needed + FREE_SPACE_MARGIN > free:
         raise CacheUnavailable(
             f"the image cache needs {needed / 1e9:.1f} GB in {parent} and {free / 1e9:.1f} GB are free "
@@ -207,11 +250,10 @@ def build_cache(
         )
     tmp = Path(tempfile.mkdtemp(prefix=f"{folder.name}.tmp-", dir=parent))
     try:
-        pixels = np.memmap(tmp / "pixels.u8", dtype=np.uint8, mode="w+", shape=shape)
-        errors = _decode_into(pixels, records, pipeline, num_workers, max_pixels, progress, desc)
-        pixels.flush()
-        del pixels
-        meta = {"version": CACHE_VERSION, "shape": list(shape), **pipeline.cache_spec,
+        per_file = rows_per_file(shape)
+        errors = _decode_into(_PixelWriter(tmp, shape, per_file), records, pipeline, num_workers, max_pixels,
+                              progress, desc)  # fmt: skip
+        meta = {"version": CACHE_VERSION, "shape": list(shape), "rows_per_file": per_file, **pipeline.cache_spec,
                 "errors": {str(k): v for k, v in errors.items()},
                 "first_image": str(records[0].path) if records else None}  # fmt: skip
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -225,6 +267,77 @@ def build_cache(
     cache = open_cache(records, pipeline, root, max_pixels)
     assert cache is not None, folder
     return cache
+
+
+class _PixelWriter:
+    """Rows written into the pixel files of a cache being built, each file created when its first row comes."""
+
+    def __init__(self, folder: Path, shape: tuple[int, ...], per_file: int) -> None:
+        self.folder, self.shape, self.per_file = folder, shape, per_file
+        self.rows = _file_rows(shape, per_file)
+        self.k, self.current = -1, None
+        for k, rows in enumerate(self.rows):  # every file exists at its full size, even if rows fail to decode
+            np.memmap(_pixel_file(folder, k), dtype=np.uint8, mode="w+", shape=(rows, *shape[1:])).flush()
+
+    def __setitem__(self, row: int, image: np.ndarray) -> None:
+        k, r = divmod(row, self.per_file)
+        if k != self.k:
+            if self.current is not None:
+                self.current.flush()
+            self.current = np.memmap(_pixel_file(self.folder, k), dtype=np.uint8, mode="r+",
+                                     shape=(self.rows[k], *self.shape[1:]))  # fmt: skip
+            self.k = k
+        self.current[r] = image
+
+    def close(self) -> None:
+        if self.current is not None:
+            self.current.flush()
+            self.current = None
+
+
+def cache_sizes(decoded: Path) -> list[tuple[float, int, Path]]:
+    """(last use, bytes, folder) of every complete cache in ``decoded``, least recently used first."""
+    found = []
+    for folder in decoded.iterdir() if decoded.is_dir() else ():
+        meta = folder / "meta.json"
+        if ".tmp-" in folder.name or not meta.is_file():
+            continue
+        with contextlib.suppress(OSError):
+            found.append((meta.stat().st_mtime, sum(f.stat().st_size for f in folder.iterdir()), folder))
+    return sorted(found)
+
+
+def make_room(decoded: Path, needed: int, max_bytes: int, *, keep: str = "") -> None:
+    """Delete the least recently used caches in ``decoded`` until ``needed`` more bytes fit ``max_bytes``
+    (0: no budget); remove crashed builds' leftovers. Raises CacheUnavailable if it cannot fit."""
+    now = time.time()
+    for folder in decoded.glob("*.tmp-*"):
+        with contextlib.suppress(OSError):
+            if now - folder.stat().st_mtime > STALE_BUILD_S:
+                shutil.rmtree(folder, ignore_errors=True)
+    if max_bytes <= 0:
+        return
+    if needed > max_bytes:
+        raise CacheUnavailable(
+            f"the image cache needs {needed / 1e9:.1f} GB, above the cache budget of {max_bytes / 1e9:.1f} GB "
+            "(raise --cache-max-gb, or train with --cache off)"
+        )
+    caches = [c for c in cache_sizes(decoded) if c[2].name != keep]
+    total = sum(size for _, size, _ in caches)
+    for used, size, folder in caches:
+        if total + needed <= max_bytes:
+            break
+        if now - used < IN_USE_S:
+            continue  # perhaps open in another run right now
+        shutil.rmtree(folder, ignore_errors=True)
+        total -= size
+        log(f"cache: deleted {folder.name} ({size / 1e9:.1f} GB, last used {(now - used) / 86400:.1f} days ago) "
+            "to stay within --cache-max-gb")  # fmt: skip
+    if total + needed > max_bytes:
+        raise CacheUnavailable(
+            f"the image cache needs {needed / 1e9:.1f} GB and the caches used in the last hour already take "
+            f"{total / 1e9:.1f} GB of the {max_bytes / 1e9:.1f} GB budget (raise --cache-max-gb)"
+        )
 
 
 def clear_cache(root: str | Path | None = None) -> int:
@@ -272,6 +385,7 @@ def _decode_into(pixels, records, pipeline, num_workers, max_pixels, progress, d
                 else:
                     errors[i] = error
             bar.update(len(items))
+    pixels.close()
     return errors
 
 

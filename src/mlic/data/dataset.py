@@ -76,13 +76,7 @@ class MultiLabelDataset(Dataset):
         image, reason = self._staged(i)
         if image is None:
             return {"index": i, "error": (self.records.paths[i], reason)}
-        flip = False
-        if epoch is not None and (self.pipeline.augment is not None or self.pipeline.flip):
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(sample_seed(self.seed, epoch, i))
-                if self.pipeline.augment is not None:
-                    image = self.pipeline.augment(image)
-                flip = self.pipeline.flip and bool(torch.rand(()) < 0.5)
+        image, flip = augment_sample(self.pipeline, self.seed, epoch, i, image)
         return {"index": i, "image": image, "flip": flip}
 
     def _staged(self, i: int) -> tuple[torch.Tensor | None, str | None]:
@@ -93,6 +87,20 @@ class MultiLabelDataset(Dataset):
             return self.cache.image(int(self.cache_rows[i])), None
         except ImageDecodeError as exc:  # the file was unreadable when the cache was built
             return None, exc.reason
+
+
+def augment_sample(
+    pipeline: Pipeline, seed: int, epoch: int | None, index: int, image: torch.Tensor
+) -> tuple[torch.Tensor, bool]:
+    """(augmented image, flip it?) of sample ``index`` in ``epoch``, seeded from (seed, epoch, index) alone;
+    ``epoch`` None: evaluation, unchanged. Streamed shards and label files share it, so they augment alike."""
+    if epoch is None or (pipeline.augment is None and not pipeline.flip):
+        return image, False
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(sample_seed(seed, epoch, index))
+        if pipeline.augment is not None:
+            image = pipeline.augment(image)
+        return image, pipeline.flip and bool(torch.rand(()) < 0.5)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

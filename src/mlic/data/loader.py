@@ -41,6 +41,23 @@ def build_loader(
     )
 
 
+def build_stream_loader(stream, *, num_workers: int = -1, seed: int = 0, pin_memory: bool = False):
+    """A DataLoader over a ``ShardStream``, which builds whole batches in its workers (``batch_size=None``).
+
+    Workers are not kept between epochs: each epoch's workers must start from the stream's new position
+    (epoch, steps done), which a kept worker's copy of the stream would not see. The loader has its own
+    generator, as ``build_loader``'s: without one, each epoch's start would draw from the global RNG and so
+    change the dropout of the steps that follow.
+    """
+    from mlic.data.streaming import StreamLoader
+
+    workers = default_num_workers(False) if num_workers < 0 else num_workers
+    loader = DataLoader(stream, batch_size=None, num_workers=workers, worker_init_fn=seed_worker if workers else None,
+                        pin_memory=pin_memory, collate_fn=_plain_collate,
+                        generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    return StreamLoader(loader)
+
+
 def _plain_collate(samples: list):
     """For datasets that bring no ``collate`` of their own: the samples as a list."""
     return samples

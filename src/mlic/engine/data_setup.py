@@ -16,12 +16,13 @@ from mlic.config import DataConfig
 from mlic.data.cache import CacheUnavailable, DecodedCache, ensure_cache
 from mlic.data.dataset import MultiLabelDataset
 from mlic.data.labels import build_vocabulary
-from mlic.data.loader import build_loader
+from mlic.data.loader import build_loader, build_stream_loader
 from mlic.data.records import DataError, Record
 from mlic.data.sampler import EpochSampler
 from mlic.data.scan import drop_bad_images
 from mlic.data.sources import load_records, unknown_labels
 from mlic.data.splits import holdout_split
+from mlic.data.streaming import ShardSet, ShardStream, is_stream_spec
 from mlic.data.transforms import Pipeline, Preprocessing, build_eval_pipeline, build_train_pipeline
 from mlic.runtime.console import log
 from mlic.runtime.distributed import DistInfo, barrier
@@ -59,6 +60,8 @@ def prepare_data(
     d: DataConfig, *, seed: int, batch_size: int, progress: bool, info: DistInfo, pin_memory: bool = False
 ) -> RunData:
     """Datasets and loaders of a run; ``pin_memory`` for non-blocking copies to CUDA."""
+    if is_stream_spec(d.train):
+        return prepare_stream_data(d, seed=seed, batch_size=batch_size, info=info, pin_memory=pin_memory)
     splits = read_splits(d, seed=seed, progress=progress)
     pre, train_pipeline, val_pipeline = pipelines(d)
     train_cache, val_cache = build_caches(d, splits, progress=progress, info=info)
@@ -79,22 +82,64 @@ def prepare_data(
     val_loader = None
     if splits.val:
         val_ds = MultiLabelDataset(splits.val, splits.class_names, val_pipeline, cache=val_cache, max_pixels=limit)
-        # Sharded without shuffling; the sampler's padding duplicates are dropped when predictions are gathered.
-        val_sampler = DistributedSampler(val_ds, info.world_size, info.rank, shuffle=False) if info.enabled else None
-        val_loader = build_loader(
-            val_ds,
-            batch_size=batch_size,
-            shuffle=False,
-            num_workers=d.num_workers,
-            sampler=val_sampler,
-            pin_memory=pin_memory,
-            cached=val_cache is not None,
-        )
+        val_loader = _val_loader(val_ds, d, batch_size, info, pin_memory, cached=val_cache is not None)
     log(
         f"data: {len(splits.train)} train, {len(splits.val)} val, {len(splits.test)} test images; "
         f"{len(splits.class_names)} classes"
     )
     return RunData(splits.class_names, pre, train_ds, sampler, train_loader, val_loader, splits.val, splits.test)
+
+
+def _val_loader(val_ds: MultiLabelDataset, d: DataConfig, batch_size: int, info: DistInfo, pin_memory: bool,
+                cached: bool):  # fmt: skip
+    # Sharded without shuffling; the sampler's padding duplicates are dropped when predictions are gathered.
+    val_sampler = DistributedSampler(val_ds, info.world_size, info.rank, shuffle=False) if info.enabled else None
+    return build_loader(val_ds, batch_size=batch_size, shuffle=False, num_workers=d.num_workers, sampler=val_sampler,
+                        pin_memory=pin_memory, cached=cached)  # fmt: skip
+
+
+def prepare_stream_data(d: DataConfig, *, seed: int, batch_size: int, info: DistInfo, pin_memory: bool) -> RunData:
+    """A run whose training data is streamed from shards (``mlic.data.streaming``): no split, no scan, no cache;
+    validation from shards too, or from a label file as usual."""
+    if not d.val:
+        raise DataError(
+            f"{d.train}: training from shards needs --val (shards or a label file of their own): split before "
+            "sharding (mlic data split, then mlic data shard each part)"
+        )
+    if d.test and is_stream_spec(d.test):
+        raise DataError(f"--test {d.test}: the test set is read from a label file, not from shards")
+    pre, train_pipeline, val_pipeline = pipelines(d)
+    shards = ShardSet.open(d.train, d.shard_index)
+    class_names = build_vocabulary(shards.table)
+    if not class_names:
+        raise DataError(f"{d.train}: no labels found in the training data")
+    if d.cache != "off":
+        log("cache: none for streamed training data (a streamed set is one that does not fit the disk)")
+    stream = ShardStream(shards, class_names, train_pipeline, batch_size=batch_size, seed=seed, shuffle=True,
+                         info=info, max_pixels=d.max_image_pixels)  # fmt: skip
+    train_loader = build_stream_loader(stream, num_workers=d.num_workers, seed=seed, pin_memory=pin_memory)
+    val_records, val_loader = _streamed_run_val(d, class_names, val_pipeline, batch_size, info, pin_memory)
+    if unknown := unknown_labels(val_records, class_names):
+        log(f"warning: validation labels not in the training data (ignored): {', '.join(unknown)}")
+    read = dict(fmt=d.format, image_root=d.image_root, label_delimiter=d.label_delimiter)
+    test = load_records(d.test, **read) if d.test else []
+    log(f"data: {shards.samples} train (streamed from {len(shards.urls)} shards), {len(val_records)} val, "
+        f"{len(test)} test images; {len(class_names)} classes")  # fmt: skip
+    return RunData(class_names, pre, stream, stream, train_loader, val_loader, val_records, test)
+
+
+def _streamed_run_val(d: DataConfig, class_names: list[str], pipeline: Pipeline, batch_size: int, info: DistInfo,
+                      pin_memory: bool):  # fmt: skip
+    """(records, loader) of the validation data of a streamed run: shards, or a label file read as usual."""
+    if is_stream_spec(d.val):
+        stream = ShardStream(ShardSet.open(d.val), class_names, pipeline, batch_size=batch_size, shuffle=False,
+                             info=info, max_pixels=d.max_image_pixels)  # fmt: skip
+        return stream.records, build_stream_loader(stream, num_workers=d.num_workers, seed=0, pin_memory=pin_memory)
+    read = dict(fmt=d.format, image_root=d.image_root, label_delimiter=d.label_delimiter, check_files=False)
+    records = drop_bad_images(load_records(d.val, **read), skip=d.skip_bad_images, max_pixels=d.max_image_pixels)
+    cache = _cache(d, info, records, pipeline, "validation", progress=False)
+    dataset = MultiLabelDataset(records, class_names, pipeline, cache=cache, max_pixels=d.max_image_pixels)
+    return records, _val_loader(dataset, d, batch_size, info, pin_memory, cached=cache is not None)
 
 
 def build_caches(
@@ -118,7 +163,8 @@ def _cache(d: DataConfig, info: DistInfo, records: list[Record], pipeline: Pipel
             start = time.perf_counter()
             try:
                 cache, built = ensure_cache(records, pipeline, root=d.cache_dir, progress=progress,
-                                            desc=f"caching {split} images", max_pixels=d.max_image_pixels)  # fmt: skip
+                                            desc=f"caching {split} images", max_pixels=d.max_image_pixels,
+                                            max_bytes=int(d.cache_max_gb * 1e9))  # fmt: skip
             except CacheUnavailable as exc:
                 log(f"warning: no decoded-image cache for the {split} images: {exc}")
                 cache, built = None, False
@@ -160,5 +206,7 @@ def read_splits(d: DataConfig, *, seed: int, progress: bool) -> Splits:
 
 def cache_run_data(d: DataConfig, *, seed: int, progress: bool) -> None:
     """Build the decoded-image caches a run with these data settings and ``seed`` would read (``mlic data cache``)."""
+    if is_stream_spec(d.train):
+        raise DataError(f"{d.train}: shards are streamed, never cached (the cache is for image files on disk)")
     splits = read_splits(d, seed=seed, progress=progress)
     build_caches(dataclasses.replace(d, cache="auto"), splits, progress=progress, info=DistInfo())
