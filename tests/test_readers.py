@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mlic.data.readers import (
@@ -276,6 +277,27 @@ def test_openimages_errors(tmp_path: Path) -> None:
         read_openimages(labels, class_descriptions=descriptions, image_root=tmp_path)
     write(descriptions, "/m/01,Cat\n/m/02\n")
     with pytest.raises(DataError, match=r"class-descriptions.csv:2: expected LabelName,DisplayName"):
+        read_openimages(labels, class_descriptions=descriptions, image_root=tmp_path)
+
+
+def test_openimages_read_in_small_blocks_gives_the_same_records(tmp_path: Path, monkeypatch) -> None:
+    """The label file is read block by block: images spanning blocks, errors in a late block, one result."""
+    import mlic.data.readers.openimages as oi
+
+    rng = np.random.default_rng(0)
+    lines = [f"img{rng.integers(0, 300)},x,/m/0{rng.integers(1, 4)},{rng.integers(0, 2)}" for _ in range(4000)]
+    seen: dict[tuple[str, str], str] = {}
+    lines = [ln for ln in lines if seen.setdefault(tuple(ln.split(",")[0:3:2]), ln) == ln]  # no clashes
+    labels, descriptions = openimages_files(tmp_path, "\n".join(lines) + "\n")
+    whole = read_openimages(labels, class_descriptions=descriptions, image_root=tmp_path)
+    monkeypatch.setattr(oi, "BLOCK_BYTES", 256)  # about 12 rows a block
+    blocks = read_openimages(labels, class_descriptions=descriptions, image_root=tmp_path)
+    assert [tuple(r.__dict__.values()) for r in whole] == [tuple(r.__dict__.values()) for r in blocks]
+    assert len(whole) == len({ln.split(",")[0] for ln in lines})
+    assert len(lines) > 2000
+    bad = lines[:2000] + ["img1,x,/m/01,0.5"] + lines[2000:]
+    write(labels, "ImageID,Source,LabelName,Confidence\n" + "\n".join(bad) + "\n")
+    with pytest.raises(DataError, match=rf"imagelabels.csv:{2000 + 2}: Confidence '0.5'"):
         read_openimages(labels, class_descriptions=descriptions, image_root=tmp_path)
 
 

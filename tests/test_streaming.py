@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tarfile
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -352,3 +353,43 @@ def test_streamed_training_data_is_never_cached(shards, tmp_path: Path) -> None:
     assert not (cache / "decoded").exists() or not any((cache / "decoded").iterdir())
     cached = mlic("data", "cache", str(shards["train"]), "--cache-dir", str(cache))
     assert cached.returncode == 2 and "shards are streamed, never cached" in cached.stderr
+
+
+def test_sigterm_then_resume_at_a_shard_boundary_ends_with_the_same_weights(tiny_shapes, shards, tmp_path) -> None:
+    """64 images in 8 shards of 8, batches of 8: every step is one whole shard. SIGTERM in epoch 2 writes the
+    resume point; --resume continues the stream at the next shard; the weights equal an uninterrupted run's."""
+    import signal
+
+    import torch
+    from safetensors.torch import load_file
+
+    write_shards(load_records(tiny_shapes["train"]), tmp_path / "s8", ShardOptions(samples_per_shard=8),
+                 progress=False)  # fmt: skip
+    common = [str(tmp_path / "s8"), "--val", str(shards["val"]), "--image-size", "32", "--batch-size", "8",
+              "--epochs", "3", "--workers", "0", "--deterministic", "--no-progress", "--no-report", "--device", "cpu",
+              "--precision", "fp32", "--output-dir", str(tmp_path)]  # fmt: skip
+    assert mlic("train", *common, "--name", "whole").returncode == 0
+    run = tmp_path / "stopped"
+    proc = subprocess.Popen([*MLIC, "train", *common, "--name", "stopped", "--checkpoint-every", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    meta = run / "checkpoints" / "last" / "meta.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            progress = json.loads(meta.read_text())["progress"]
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            progress = None
+        if progress and progress["epoch"] == 1 and progress["step"] >= 2:
+            proc.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.005)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    stopped_at = json.loads(meta.read_text())["progress"]
+    assert stopped_at["epoch"] == 1 and 0 < stopped_at["step"] < 8, stopped_at  # inside epoch 2
+    resumed = mlic("train", "--resume", str(run), "--no-progress", "--no-report")
+    assert resumed.returncode == 0, resumed.stderr
+    a = load_file(tmp_path / "whole" / "checkpoints" / "last" / "model.safetensors")
+    b = load_file(run / "checkpoints" / "last" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _metrics(tmp_path / "whole") == _metrics(run)

@@ -37,14 +37,24 @@ def read_openimages(
     """
     path = Path(labels_csv).absolute()
     names = read_class_descriptions(Path(class_descriptions).absolute())
-    image_ids, mids, confidence = _read_columns(path)
     root = Path(image_root).absolute()
-    keep = _check_rows(image_ids, mids, confidence, (path.name, root), problems or RowErrors())
-    return _build_table(path.name, root, names, image_ids, mids, confidence, np.flatnonzero(keep))
+    problems = problems or RowErrors()
+    kept = _Kept()
+    for first, (image_ids, mids, confidence) in _blocks(path):
+        keep = _check_rows(image_ids, mids, confidence, (path.name, root, first), problems)
+        kept.add(first, image_ids, mids, confidence, keep)
+    if kept.read == 0:
+        raise DataError(f"{path.name}:1: no rows below the header")
+    return _build_table(path.name, root, names, kept)
 
 
-def _read_columns(path: Path):
-    """ImageID, LabelName and Confidence as pyarrow string arrays, every row."""
+# The label file is read this many bytes at a time: memory holds one block of text and, for every row
+# kept, four small integers, instead of the whole file as strings (Open Images' train file is gigabytes).
+BLOCK_BYTES = 64 << 20
+
+
+def _blocks(path: Path):
+    """(first data row, (ImageID, LabelName, Confidence) pyarrow string arrays) per block of the file."""
     try:
         import pyarrow as pa
         import pyarrow.csv as pacsv
@@ -52,8 +62,13 @@ def _read_columns(path: Path):
         raise DataError("reading Open Images needs pyarrow: pip install pyarrow") from None
     convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in REQUIRED_COLUMNS},
                                    include_columns=list(REQUIRED_COLUMNS))  # fmt: skip
+    first = 0
     try:
-        table = pacsv.read_csv(path, convert_options=convert)
+        reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=BLOCK_BYTES),
+                                convert_options=convert)  # fmt: skip
+        for batch in reader:
+            yield first, tuple(batch.column(c) for c in REQUIRED_COLUMNS)
+            first += batch.num_rows
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except (pa.ArrowInvalid, pa.ArrowKeyError, KeyError) as exc:
@@ -62,18 +77,15 @@ def _read_columns(path: Path):
         if missing is not None:
             raise DataError(f"{path.name}:1: missing column {missing!r}; needs {', '.join(REQUIRED_COLUMNS)}") from None
         raise DataError(f"{path.name}: not a readable CSV ({message})") from None
-    if table.num_rows == 0:
-        raise DataError(f"{path.name}:1: no rows below the header")
-    return (table.column(c).combine_chunks() for c in REQUIRED_COLUMNS)
 
 
-def _check_rows(image_ids, mids, confidence, where_from: tuple[str, Path], problems: RowErrors) -> np.ndarray:
-    """(rows,) bool: rows fit to use; each other row is an error (raised, or collected and left out)."""
+def _check_rows(image_ids, mids, confidence, where_from: tuple[str, Path, int], problems: RowErrors) -> np.ndarray:
+    """(rows,) bool: rows fit to use; each other row is an error (raised, or collected and left out).
+    ``where_from``: the file's name, the image root, and the file row of the block's first row."""
+    import pyarrow as pa
     import pyarrow.compute as pc
 
-    name, root = where_from
-    import pyarrow as pa
-
+    name, root, first = where_from
     conf = confidence.fill_null("")
     valid = np.asarray(pc.is_in(conf, value_set=pa.array(POSITIVE_VALUES + NEGATIVE_CONFIDENCES)))
     ids, labels = image_ids.fill_null(""), mids.fill_null("")
@@ -83,11 +95,11 @@ def _check_rows(image_ids, mids, confidence, where_from: tuple[str, Path], probl
     bad = ~valid | empty
     for row in np.flatnonzero(suspect & ~bad).tolist():
         try:
-            join_image_path(root, f"{ids[row].as_py()}.jpg", f"{name}:{row + 2}", allow_absolute=False)
+            join_image_path(root, f"{ids[row].as_py()}.jpg", f"{name}:{first + row + 2}", allow_absolute=False)
         except DataError:
             bad[row] = True
     for row in np.flatnonzero(bad)[:1000].tolist():
-        where = f"{name}:{row + 2}"  # the header is line 1
+        where = f"{name}:{first + row + 2}"  # the header is line 1
         if empty[row]:
             problems.add(DataError(f"{where}: empty ImageID or LabelName"))
         elif valid[row]:
@@ -101,35 +113,70 @@ def _check_rows(image_ids, mids, confidence, where_from: tuple[str, Path], probl
     return ~bad
 
 
-def _build_table(name: str, root: Path, names: dict[str, str], image_ids, mids, confidence, rows) -> RecordTable:
+class _Kept:
+    """The rows kept, block by block, as integers: image (block-local id), MID id, present, file row."""
+
+    def __init__(self) -> None:
+        self.image_names, self.image, self.mid, self.present, self.rows = [], [], [], [], []
+        self.mids: dict[str, int] = {}
+        self.read = 0
+
+    def add(self, first: int, image_ids, mids, confidence, keep: np.ndarray) -> None:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        self.read += len(keep)
+        rows = np.flatnonzero(keep)
+        taken = pa.array(rows, pa.int64())
+        images = pc.take(image_ids, taken).dictionary_encode()  # this block's images, in order of first appearance
+        self.image_names.append(images.dictionary)
+        self.image.append(np.asarray(images.indices, np.int32))
+        labels = pc.take(mids, taken).dictionary_encode()
+        ids = np.array([self.mids.setdefault(m, len(self.mids)) for m in labels.dictionary.to_pylist()] or [0])
+        self.mid.append(ids.astype(np.int32)[np.asarray(labels.indices, np.int64)])
+        self.present.append(np.asarray(pc.is_in(pc.take(confidence, taken), value_set=pa.array(POSITIVE_VALUES))))
+        self.rows.append((rows + first).astype(np.int64))
+
+    def images(self):
+        """(every ImageID once, in order of first appearance; (rows,) int64 image of each kept row)."""
+        import pyarrow as pa
+
+        names = pa.concat_arrays(self.image_names).dictionary_encode()  # blocks' dictionaries, in file order
+        ids = np.asarray(names.indices, np.int64)
+        starts = np.cumsum([0] + [len(d) for d in self.image_names[:-1]])
+        image = np.concatenate([ids[start + local] for start, local in zip(starts, self.image, strict=True)])
+        return names.dictionary, image
+
+    def mid_names(self) -> list[str]:
+        return list(self.mids)
+
+
+def _build_table(name: str, root: Path, names: dict[str, str], kept: _Kept) -> RecordTable:
     """The records: one per image, its rows' classes as positives (Confidence 1) or verified negatives (0)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    taken = pa.array(rows, pa.int64())
-    image_dict = pc.take(image_ids, taken).dictionary_encode()  # images in order of first appearance
-    mid_dict = pc.take(mids, taken).dictionary_encode()
-    image = np.asarray(image_dict.indices, np.int64)
-    mid = np.asarray(mid_dict.indices, np.int64)
-    present = np.asarray(pc.is_in(pc.take(confidence, taken), value_set=pa.array(POSITIVE_VALUES)))
+    image_names, image = kept.images()
+    mid, present, rows = (np.concatenate(x) for x in (kept.mid, kept.present, kept.rows))
+    kept.image, kept.mid, kept.present, kept.rows = [], [], [], []  # free the blocks as we go
     # MIDs -> display names; two MIDs of one name are one class
-    mid_names = [names.get(m) or check_label(m, f"{name}: LabelName") for m in mid_dict.dictionary.to_pylist()]
+    mid_list = kept.mid_names()
+    mid_names = [names.get(m) or check_label(m, f"{name}: LabelName") for m in mid_list]
     class_names = sorted(set(mid_names))
     index = {n: i for i, n in enumerate(class_names)}
     class_of_mid = np.array([index[n] for n in mid_names] or [0], np.int64)
     cls = class_of_mid[mid]
-    num_images, num_classes = len(image_dict.dictionary), len(class_names)
+    num_images, num_classes = len(image_names), len(class_names)
     try:
-        pos, neg = _ragged_by_image(image, cls, present, num_images, num_classes)
+        pos, neg = _ragged_by_image(image.astype(np.int64), cls, present, num_images, num_classes)
     except _Clash as clash:
         row, c = int(rows[clash.cell]), class_names[int(cls[clash.cell])]
-        mid_name = mid_dict.dictionary[int(mid[clash.cell])].as_py()
-        raise DataError(f"{name}:{row + 2}: {c!r} ({mid_name}) is both present and absent for image "
-                        f"{image_dict.dictionary[int(image[clash.cell])].as_py()}") from None  # fmt: skip
+        raise DataError(f"{name}:{row + 2}: {c!r} ({mid_list[int(mid[clash.cell])]}) is both present and absent "
+                        f"for image {image_names[int(image[clash.cell])].as_py()}") from None  # fmt: skip
     first_row = np.full(num_images, np.iinfo(np.int64).max)
     np.minimum.at(first_row, image, rows)
     prefix = f"{root}/"
-    paths = pc.binary_join_element_wise(prefix, image_dict.dictionary, ".jpg", "")
+    paths = pc.binary_join_element_wise(prefix, image_names, ".jpg", "")
     sources = pc.binary_join_element_wise(f"{name}:", pc.cast(pa.array(first_row + 2), pa.string()), "")
     labels = LabelTable(tuple(class_names), pos, neg, Ragged.empty(num_images), np.ones(num_images, bool))
     return RecordTable(_column(paths), _column(sources), labels, distinct=True)  # one record per ImageID
