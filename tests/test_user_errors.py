@@ -136,3 +136,10 @@ def test_the_installed_command_prints_no_traceback(files):
         done = subprocess.run([sys.executable, "-m", "mlic", *argv], capture_output=True, text=True)
         assert done.returncode == 2 and "Traceback" not in done.stderr
         assert done.stderr.strip().splitlines()[-1].startswith(f"mlic {argv[0]}: error: ")
+
+
+def test_a_run_that_fails_on_its_data_leaves_no_run_folder(files, tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert _exit_code(["train", str(files["tmp"] / "missing.csv"), "--output-dir", str(out), "--no-progress"]) == 2
+    assert "missing.csv" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())

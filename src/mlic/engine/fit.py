@@ -29,7 +29,7 @@ from mlic.config import TrainConfig, save_config, to_dict
 from mlic.engine.budget import BUDGET_WARMUP_STEPS, epoch_estimate, fit_to_budget, probe_span_end, refit_to_budget
 from mlic.engine.data_setup import RunData, prepare_data
 from mlic.engine.loop import Span, train_one_epoch
-from mlic.engine.resume import Progress, resolve_run_dir, restore
+from mlic.engine.resume import Progress, discard_unstarted, resolve_run_dir, restore
 from mlic.engine.run_folder import (
     checkpoint_meta,
     plot_history_png,
@@ -106,8 +106,12 @@ class Run:
         if info.is_main:
             save_config(cfg, run_dir / "config.yaml")
         log(f"run folder: {run_dir} (device {device})")
-        data = prepare_data(cfg.data, seed=cfg.seed, batch_size=cfg.optim.batch_size, progress=cfg.progress,
-                            info=info, pin_memory=device.type == "cuda")  # fmt: skip
+        try:
+            data = prepare_data(cfg.data, seed=cfg.seed, batch_size=cfg.optim.batch_size, progress=cfg.progress,
+                                info=info, pin_memory=device.type == "cuda")  # fmt: skip
+        except BaseException:
+            discard_unstarted(run_dir, resume, info)  # a typo in a path must not leave a run folder behind
+            raise
         t = build_trainer(cfg.model, cfg.optim, cfg.runtime, data.train_ds, seed=cfg.seed,
                           steps_per_epoch=len(data.train_loader), device=device, info=info)  # fmt: skip
         progress = Progress(epochs=1 if cfg.dry_run else cfg.optim.epochs)

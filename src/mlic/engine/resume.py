@@ -3,6 +3,7 @@ config keys that must not change in between."""
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import torch
 
 from mlic.checkpoint import CheckpointError, load_train_state, load_weights, read_meta
 from mlic.config import ConfigError
-from mlic.engine.run_folder import make_run_dir
+from mlic.engine.run_folder import holds_a_run, make_run_dir
 from mlic.engine.trainer import Trainer, load_trainer_state
 from mlic.runtime.console import log
 from mlic.runtime.distributed import DistInfo
@@ -93,6 +94,13 @@ def resolve_run_dir(output_dir: str, name: str | None, overwrite: bool, resume: 
     if resume and not (run_dir / "checkpoints" / "last" / "meta.json").is_file():
         raise ConfigError(f"--resume: no complete checkpoint in {run_dir / 'checkpoints' / 'last'}")
     return run_dir
+
+
+def discard_unstarted(run_dir: Path, resume: str | None, info: DistInfo) -> None:
+    """Remove the run folder made for a run that failed before its first checkpoint (a new run only)."""
+    if resume or not info.is_main or holds_a_run(run_dir):
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def broadcast_path(path: Path | None, info: DistInfo) -> Path:
