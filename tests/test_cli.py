@@ -172,11 +172,11 @@ def test_saved_thresholds_are_used_and_missing_ones_fall_back_to_half(trained, t
 
     ckpt = trained / "checkpoints" / "best"
     meta = json.loads((ckpt / "meta.json").read_text())
-    assert meta["thresholds"] is not None and meta["threshold_info"]["method"] == "per_class_f1"
+    assert meta["thresholds"] is not None and meta["threshold_info"]["method"] == "per_class"
     report = evaluate_checkpoint(
         ckpt, tiny_shapes["test"], batch=BatchOptions(device="cpu", num_workers=0, progress=False)
     )
-    assert report["thresholds"] == "checkpoint (per_class_f1)"
+    assert report["thresholds"] == "checkpoint (per_class)"
     assert [c["threshold"] for c in report["per_class"]] == pytest.approx(meta["thresholds"])
     predictor = Predictor.from_checkpoint(ckpt, device="cpu")
     image = sorted((tiny_shapes["test"].parent / "images" / "test").iterdir())[0]

@@ -42,8 +42,11 @@ def test_report_of_a_finished_run_on_new_data(run_dir, tiny_shapes, capsys):
     page = _html(run_dir / "report.html")
     table = re.search(r'<table id="per-class-table" class="sortable">.*?</table>', page, re.S).group(0)
     assert table.count("<tr>") == 1 + 6  # header + one row per shape class
-    for section_id in ("summary", "data", "training", "per-class", "curves", "errors", "galleries", "gradcam"):
+    for section_id in ("summary", "data", "training", "per-class", "calibration", "curves", "errors", "galleries",
+                       "gradcam"):  # fmt: skip
         assert f'<section id="{section_id}">' in page
+    calibration = re.search(r'<table id="calibration-table" class="sortable">.*?</table>', page, re.S).group(0)
+    assert calibration.count("<tr>") == 1 + 6 and "reliability diagrams per label" in page
     assert page.count('class="plot pr"') == 1 and 'class="plot calibration"' in page
     assert page.count("<figure") >= 10  # gallery thumbnails and Grad-CAM overlays
     assert 'class="missing"' not in page  # every section applies to this run
@@ -89,7 +92,7 @@ def test_run_without_validation_says_what_is_missing(tiny_shapes, tmp_path):
         stale.unlink()
     page = _html(build_report(run))
     assert 'id="per-class-table"' not in page
-    assert page.count("does not apply") == 6  # summary + the five sections that need predictions
+    assert page.count("does not apply") == 7  # summary + the six sections that need predictions
     assert "No validation set" in page
     assert 'class="plot wide"' in page  # the training curves are still drawn
 

@@ -37,6 +37,8 @@ def other_value(s):
         return "cpu"
     if s.key == "model.widths":
         return [8, 16, 24, 32]
+    if s.key == "thresholds.objective":
+        return "f_beta:2"
     if s.hint is int:
         return s.default + 1
     if s.hint is float:

@@ -60,8 +60,10 @@ def test_threshold_sits_between_operating_points_and_respects_ties():
     targets = np.array([[1], [1], [0], [0]])
     # Operating points: >=0.9 -> F1 2/3; >=0.6 (both tied entries) -> 4/5; >=0.2 -> 2/3.
     result = tune_thresholds(scores, targets, min_positives=1)
-    assert result.thresholds[0] == pytest.approx(0.4)  # midway between 0.6 and 0.2
-    assert result.f1_after[0] == pytest.approx(0.8)
+    logit = np.log(np.array([0.6, 0.2]) / (1 - np.array([0.6, 0.2])))
+    assert result.thresholds[0] == pytest.approx(1 / (1 + np.exp(-logit.mean())))  # midway in logit space
+    assert 0.2 < result.thresholds[0] < 0.6 and result.f1_after[0] == pytest.approx(0.8)
+    assert result.plateaus[0] == (0.2, 0.6)
 
 
 def test_class_with_too_few_positives_falls_back_to_global_threshold():
@@ -82,8 +84,8 @@ def test_global_f1_gives_one_threshold_that_maximises_micro_f1():
     rng = np.random.default_rng(3)
     probs = np.round(rng.random((50, 3)), 2)
     targets = (rng.random((50, 3)) < probs**2).astype(int)
-    result = tune_thresholds(probs, targets, method="global_f1")
-    assert result.method == "global_f1" and result.fallback_classes == []
+    result = tune_thresholds(probs, targets, method="global_f1")  # the old name still works
+    assert result.method == "global" and result.fallback_classes == []
     assert np.all(result.thresholds == result.global_threshold)
     micro = [compute_metrics(probs, targets, None, t)["f1_micro"] for t in np.unique(probs)]
     assert compute_metrics(probs, targets, None, result.thresholds)["f1_micro"] == pytest.approx(max(micro))

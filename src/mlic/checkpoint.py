@@ -32,7 +32,7 @@ META_FILE = "meta.json"
 REQUIRED_META = ("format", "version", "model", "class_names", "preprocessing")
 # Every key meta.json may hold; another one means a file this mlic did not write, and is refused by name.
 KNOWN_META = (*REQUIRED_META, "thresholds", "threshold_info", "epoch", "metrics", "config", "created",
-              "torch_version", "weights", "best_by", "progress")  # fmt: skip
+              "torch_version", "weights", "best_by", "progress", "calibration", "calibration_info")  # fmt: skip
 MAX_IMAGE_SIZE = 4096  # an input side beyond this is no trained model's (a 100000 px side would need 30 GB)
 
 
@@ -219,12 +219,29 @@ def check_meta_fields(meta: dict[str, Any]) -> None:
     if not isinstance(model.get("kwargs", {}), dict):
         raise ValueError("model.kwargs must be an object")
     _check_preprocessing(meta["preprocessing"])
-    for key in ("threshold_info", "metrics", "config", "progress"):
+    _check_calibration(meta.get("calibration"), len(names))
+    for key in ("threshold_info", "metrics", "config", "progress", "calibration_info"):
         if meta.get(key) is not None and not isinstance(meta[key], dict):
             raise ValueError(f"{key} must be an object")
     epoch = meta.get("epoch", 0)
     if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
         raise ValueError(f"epoch must be a whole number >= 0, got {epoch!r}")
+
+
+def _check_calibration(calibration: Any, n: int) -> None:
+    """A per-class calibration: ``scale`` (> 0) and ``shift``, finite, one per class."""
+    if calibration is None:
+        return
+    if not isinstance(calibration, dict) or not isinstance(calibration.get("method"), str):
+        raise ValueError("calibration must be an object with a string 'method'")
+    for key, low in (("scale", 0.0), ("shift", None)):
+        values = calibration.get(key)
+        if not isinstance(values, list) or len(values) != n:
+            raise ValueError(f"calibration.{key} must be a list of {n} numbers, one per class")
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+            raise ValueError(f"calibration.{key} must hold finite numbers")
+        if low is not None and min(values) <= low:
+            raise ValueError(f"calibration.{key} must be > {low} (a calibration keeps the ranking)")
 
 
 def _check_thresholds(thresholds: Any, n: int) -> None:
@@ -288,6 +305,10 @@ def _load_checkpoint(path: Path, device: str | torch.device) -> tuple[nn.Module,
             f"{path}: weights do not match model {spec['name']!r}: missing {result.missing_keys[:5]}, "
             f"unexpected {result.unexpected_keys[:5]}"
         )
+    if meta.get("calibration") is not None:  # every inference path then gives calibrated probabilities
+        from mlic.models.calibrate import fold_calibration
+
+        fold_calibration(model, meta["calibration"]["scale"], meta["calibration"]["shift"])
     return model.to(device).eval(), meta
 
 

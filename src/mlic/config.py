@@ -16,6 +16,7 @@ Library functions never take this object whole; ``engine.fit`` unpacks it into p
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -36,7 +37,8 @@ OPTIMIZERS = ("adam", "adamw", "sgd")  # engine.optim.build_optimizer
 SCHEDULES = ("constant", "cosine", "onecycle")  # engine.schedule.LrSchedule
 LOSSES = ("bce", "focal", "asl")  # losses.build_loss
 POS_WEIGHTS = ("none", "auto")  # engine.trainer
-THRESHOLD_METHODS = ("per_class_f1", "global_f1", "fixed")  # evaluation.thresholds.tune_thresholds
+THRESHOLD_METHODS = ("per_class", "global", "fixed")  # evaluation.thresholds.tune_thresholds
+CALIBRATIONS = ("platt", "temperature", "none")  # evaluation.calibration.fit_calibration
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # runtime.precision.resolve_precision
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")  # runtime.device.select_device
 # Pillow's own default limit (1024**3 // 4 // 3, about 9459 x 9459 pixels): larger images need over 256 MiB as
@@ -54,6 +56,22 @@ class Rule:
 
     check: Callable[[Any], bool]
     text: str
+
+
+def is_objective(text: object) -> bool:
+    """Whether ``text`` names a threshold objective (``mlic.evaluation.thresholds.Objective``)."""
+    if not isinstance(text, str):
+        return False
+    kind, _, value = text.partition(":")
+    if kind == "f1":
+        return not value
+    try:
+        number = float(value)
+    except ValueError:
+        return False
+    if kind == "f_beta":
+        return number > 0 and math.isfinite(number)
+    return kind in ("precision_at_recall", "recall_at_precision") and 0 < number <= 1
 
 
 def at_least(low: float) -> Rule:
@@ -84,14 +102,17 @@ def setting(
     flat: str | None = None,
     flag: str | None = None,
     metavar: str | None = None,
+    aliases: dict[str, str] | None = None,
 ) -> Any:
     """A config field and everything its other views are derived from.
 
     ``flat``: the name used by ``mlic.train(**options)`` and, dashed, by the CLI flag (default: the field name);
     ``flag``: a CLI flag other than ``--<flat>``. ``help`` says what the setting does, without its default, which
-    ``--help`` appends from ``default``.
+    ``--help`` appends from ``default``. ``aliases``: old names of choices, still read from configs (a run
+    folder's config.yaml must resume after a rename).
     """
-    metadata = {"help": help, "choices": tuple(choices), "rule": rule, "flat": flat, "flag": flag, "metavar": metavar}
+    metadata = {"help": help, "choices": tuple(choices), "rule": rule, "flat": flat, "flag": flag, "metavar": metavar,
+                "aliases": dict(aliases or {})}  # fmt: skip
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -195,19 +216,42 @@ class OptimConfig:
 @dataclass
 class ThresholdConfig:
     method: str = setting(
-        "per_class_f1",
-        "how decision thresholds are tuned on validation",
+        "per_class",
+        "how decision thresholds are tuned on validation: one per class, one for all, or fixed",
         flat="threshold_method",
         choices=THRESHOLD_METHODS,
+        aliases={"per_class_f1": "per_class", "global_f1": "global"},
     )
+    objective: str = setting(
+        "f1",
+        "what a threshold maximises: f1, f_beta:B, precision_at_recall:R or recall_at_precision:P",
+        flat="threshold_objective",
+        rule=Rule(is_objective, "must be f1, f_beta:B (B > 0), precision_at_recall:R or recall_at_precision:P "
+                  "(R, P in (0, 1])"),
+        metavar="OBJECTIVE",
+    )  # fmt: skip
     min_positives: int = setting(
         5,
         "classes with fewer validation positives use the global threshold",
         flat="threshold_min_positives",
         rule=at_least(0),
     )
+    shrinkage: float = setting(
+        10.0,
+        "pull each class's threshold toward the global one, in logit space, with weight K / (K + positives)",
+        flat="threshold_shrinkage",
+        rule=at_least(0),
+        metavar="K",
+    )
     fixed: float = setting(
         0.5, "the threshold of method fixed", flat="threshold_fixed", rule=between(0, 1, low_open=True)
+    )
+    calibration: str = setting(
+        "platt",
+        "per-class calibration fitted on validation before the thresholds; predict, evaluate, serve and "
+        "exports then give calibrated probabilities",
+        flat="calibration",
+        choices=CALIBRATIONS,
     )
 
 
@@ -267,6 +311,7 @@ class Setting:
     choices: tuple[str, ...]
     rule: Rule | None
     metavar: str | None
+    aliases: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def section(self) -> str:
@@ -277,6 +322,7 @@ class Setting:
         value = _coerce(value, self.hint, self.where)
         if value is None:
             return value
+        value = self.aliases.get(value, value) if isinstance(value, str) else value
         if self.choices and value not in self.choices:
             raise ConfigError(f"{self.where}: {value!r} is not allowed; choose one of: {', '.join(self.choices)}")
         if self.rule is not None and not self.rule.check(value):
@@ -315,6 +361,7 @@ def collect_settings(cls: type, prefix: str = "") -> list[Setting]:
                 meta["choices"],
                 meta["rule"],
                 meta["metavar"],
+                meta.get("aliases", {}),
             )
         )
     return found

@@ -43,6 +43,7 @@ from mlic.engine.signals import StopFlag
 from mlic.engine.tensorboard_log import tensorboard_writer
 from mlic.engine.trainer import Trainer, build_trainer, model_kwargs, set_freeze, trainer_state
 from mlic.engine.validation import pick_weights, validate
+from mlic.evaluation.calibration import Calibration
 from mlic.evaluation.prediction_files import save_scored
 from mlic.evaluation.scoring import BatchOptions
 from mlic.runtime.console import log, set_main_process
@@ -239,8 +240,10 @@ class Run:
     def _save_best(self, net: torch.nn.Module, chosen: dict | None, tag: str) -> None:
         meta = self._meta(chosen)
         save_checkpoint(self.run_dir / "checkpoints" / "best", net, meta | {"weights": tag, "best_by": "val_mAP"})
-        if chosen is not None:
-            save_scored(self.run_dir / "predictions" / "val.npz", chosen["preds"], self.data.val_records,
+        if chosen is not None:  # as the checkpoint will give them: calibrated, beside the thresholds tuned on them
+            preds = chosen["preds"].calibrated(Calibration.from_dict(meta["calibration"])) if meta["calibration"] \
+                else chosen["preds"]  # fmt: skip
+            save_scored(self.run_dir / "predictions" / "val.npz", preds, self.data.val_records,
                         self.data.class_names, meta["thresholds"])  # fmt: skip
 
     def _save_last(self, val: dict | None) -> None:

@@ -14,6 +14,7 @@ import torch
 
 from mlic.config import ThresholdConfig
 from mlic.data.transforms import Preprocessing
+from mlic.evaluation.calibration import calibrate_cells, fit_calibration
 from mlic.evaluation.thresholds import tune_on_cells
 
 METRIC_COLUMNS = [
@@ -58,19 +59,23 @@ def checkpoint_meta(
     tcfg: ThresholdConfig,
     config: dict[str, Any],
 ) -> dict[str, Any]:
-    """Checkpoint metadata: ``model`` is {"name", "kwargs"}, ``config`` the run's config as a dict; thresholds are
-    tuned on this epoch's validation predictions (None: 0.5 everywhere)."""
-    thresholds, info = None, None
+    """Checkpoint metadata: ``model`` is {"name", "kwargs"}, ``config`` the run's config as a dict. The per-class
+    calibration is fitted on this epoch's validation predictions and the thresholds tuned on the calibrated
+    ones (no validation: neither, and 0.5 everywhere)."""
+    thresholds, info, calibration, calibration_info = None, None, None, None
     if val is not None and len(val["preds"].indices):
-        tuned = tune_on_cells(
-            val["preds"].cells, method=tcfg.method, min_positives=tcfg.min_positives, fixed=tcfg.fixed
-        )
+        fit, calibration_info = fit_calibration(val["preds"].cells, tcfg.calibration)
+        calibration = fit.to_dict() if fit.fitted.any() else None
+        tuned = tune_on_cells(calibrate_cells(val["preds"].cells, fit), method=tcfg.method, objective=tcfg.objective,
+                              min_positives=tcfg.min_positives, shrinkage=tcfg.shrinkage, fixed=tcfg.fixed)  # fmt: skip
         thresholds, info = [float(x) for x in tuned.thresholds], tuned.to_dict()
     return {
         "model": model,
         "class_names": list(class_names),
         "thresholds": thresholds,
         "threshold_info": info,
+        "calibration": calibration,
+        "calibration_info": calibration_info,
         "preprocessing": pre.to_dict(),
         "epoch": epoch,
         "metrics": _scalar_metrics(val["metrics"]) if val else {},

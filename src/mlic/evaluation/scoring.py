@@ -53,6 +53,14 @@ class Predictions:
     def dense(self) -> bool:
         return self.probs is not None
 
+    def calibrated(self, calibration) -> Predictions:
+        """The same predictions with calibrated probabilities (``mlic.evaluation.calibration.Calibration``)."""
+        from mlic.evaluation.calibration import calibrate_cells
+
+        probs = None if self.probs is None else calibration.probs(self.probs).astype(np.float32)
+        return Predictions(probs, self.targets, self.masks, self.indices, self.loss, self.bad_images,
+                           calibrate_cells(self.cells, calibration))  # fmt: skip
+
     def paths(self, records: Sequence[Record]) -> list[str]:
         """The image path of each row, from the records the dataset was built from."""
         if isinstance(records, RecordTable):

@@ -14,30 +14,77 @@ Rules:
 - Predictions follow ``mlic.evaluation.metrics``: a label is predicted when ``prob >= threshold``; F1 is
   scikit-learn's with ``zero_division=0``; unknown entries (mask 0) are ignored everywhere.
 - Candidate operating points are the unique known scores of a class: "predict every entry scoring at
-  least this". The returned threshold is the midpoint between the chosen score and the next lower known
-  score, which gives exactly the same validation predictions but leaves a margin on both sides for
-  unseen images. Among equally good points the highest threshold wins (fewest positive predictions).
-- A class with fewer than ``min_positives`` known positives (and always one with none) gets the global
-  threshold: an F1 optimum over two or three positives is mostly noise. The global threshold is the one
-  value that maximises micro-F1 over all known entries; with no positive at all it is ``fixed``.
+  least this". The objective (``--threshold-objective``: F1, F-beta, the best precision at a required
+  recall, the best recall at a required precision) is computed at each.
+- The plateau: the run of neighbouring operating points whose objective is within ``PLATEAU_TOLERANCE``
+  of the best (the best with the highest threshold among ties, and its neighbours). The threshold is put in
+  the middle of the plateau's threshold interval *in logit space*, not at its edge: on nearly separable
+  classes every threshold between the highest negative and the lowest positive is equally good on
+  validation, and the edge (0.997, 0.009 on the demo) is where a new image most easily falls on the wrong
+  side; logit space because that is where a model's scores move from one sample of images to the next.
+- Shrinkage: a class's threshold is then pulled toward the global one, in logit space, with weight
+  K / (K + its known positives) (``--threshold-shrinkage K``): an optimum over a dozen positives is mostly
+  the noise of those dozen, and a class with many positives keeps its own threshold.
+- A class with fewer than ``min_positives`` known positives (and always one with none, or one where the
+  objective cannot be met) gets the global threshold outright. The global threshold is the plateau middle
+  of the objective over all known entries pooled (micro); with no positive at all it is ``fixed``.
 - Thresholds are clamped to [1e-6, 1]: a threshold of 0 would predict every label of every image.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from mlic.config import THRESHOLD_METHODS as METHODS
+from mlic.config import is_objective
 from mlic.evaluation.cells import Cells, confusion, rank_block
 from mlic.evaluation.metrics import _prf, _validate
 
 # The lowest threshold handed out; see the module docstring.
 _MIN_THRESHOLD = 1e-6
+# Operating points whose objective is this close to the best count as the same plateau.
+PLATEAU_TOLERANCE = 0.005
+# Scores are clipped this far from 0 and 1 before taking logits (float32 probabilities saturate there).
+_LOGIT_EPS = 1e-7
+_LEGACY = {"per_class_f1": "per_class", "global_f1": "global"}  # method names before objectives existed
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What a threshold maximises: ``f1``, ``f_beta:B``, ``precision_at_recall:R``, ``recall_at_precision:P``."""
+
+    kind: str
+    value: float = 1.0
+
+    @classmethod
+    def parse(cls, text: str) -> Objective:
+        if not is_objective(text):
+            raise ValueError(f"unknown threshold objective {text!r}; use f1, f_beta:B, precision_at_recall:R or "
+                             "recall_at_precision:P")  # fmt: skip
+        kind, _, value = text.partition(":")
+        return cls(kind, float(value) if value else 1.0)
+
+    def __str__(self) -> str:
+        return self.kind if self.kind == "f1" else f"{self.kind}:{self.value:g}"
+
+    def at(self, tp: np.ndarray, fp: np.ndarray, num_pos) -> np.ndarray:
+        """The objective at operating points with these counts; -1 where a required level is not reached."""
+        fn = num_pos - tp
+        precision, recall, f1 = _prf(tp, fp, fn)
+        if self.kind == "f1":
+            return f1
+        if self.kind == "f_beta":
+            b2 = self.value**2
+            den = (1 + b2) * tp + b2 * fn + fp
+            return np.divide((1 + b2) * tp, den, out=np.zeros_like(precision), where=den > 0)
+        if self.kind == "precision_at_recall":
+            return np.where(recall >= self.value - 1e-12, precision, -1.0)
+        return np.where(precision >= self.value - 1e-12, recall, -1.0)
 
 
 @dataclass
@@ -46,7 +93,7 @@ class ThresholdResult:
 
     ``f1_before`` is each class's validation F1 at ``baseline_threshold`` (the ``fixed`` value), ``f1_after``
     at the tuned ``thresholds``; ``fallback_classes`` lists the classes that got ``global_threshold``
-    because they had too few known positives (per_class_f1 only).
+    outright (too few known positives, or an objective they cannot meet).
     """
 
     thresholds: np.ndarray  # (C,) float64
@@ -56,17 +103,23 @@ class ThresholdResult:
     f1_before: np.ndarray  # (C,)
     f1_after: np.ndarray  # (C,)
     baseline_threshold: float = 0.5
+    objective: str = "f1"
+    shrinkage: float = 0.0
+    plateaus: list[tuple[float, float] | None] = field(default_factory=list)  # per class (low, high) edges
 
     def to_dict(self) -> dict[str, Any]:
         """Plain Python floats, ints and lists, ready for json.dumps (e.g. into a checkpoint's meta.json)."""
         return {
             "method": self.method,
+            "objective": self.objective,
+            "shrinkage": float(self.shrinkage),
             "thresholds": [float(t) for t in self.thresholds],
             "global_threshold": float(self.global_threshold),
             "fallback_classes": [int(c) for c in self.fallback_classes],
             "baseline_threshold": float(self.baseline_threshold),
             "f1_before": [float(f) for f in self.f1_before],
             "f1_after": [float(f) for f in self.f1_after],
+            "plateaus": [None if p is None else [float(p[0]), float(p[1])] for p in self.plateaus],
         }
 
 
@@ -75,39 +128,57 @@ def tune_thresholds(
     targets: ArrayLike,
     mask: ArrayLike | None = None,
     *,
-    method: str = "per_class_f1",
+    method: str = "per_class",
+    objective: str = "f1",
     min_positives: int = 5,
+    shrinkage: float = 0.0,
     fixed: float = 0.5,
 ) -> ThresholdResult:
     """Thresholds for (N, C) validation ``probs`` and 0/1 ``targets`` (``mask``: 1 = known; None = all known).
 
-    method: "per_class_f1" maximises each class's F1 on its known entries, "global_f1" picks one threshold
-    for all classes maximising micro-F1, "fixed" uses ``fixed`` for every class.
+    method: "per_class" tunes each class's threshold for ``objective``, "global" one threshold for all
+    classes (the objective over all known entries pooled), "fixed" uses ``fixed`` for every class.
     """
     probs, targets, known = _validate(probs, targets, mask)
-    return tune_on_cells(Cells.from_dense(probs, targets, known), method=method, min_positives=min_positives,
-                         fixed=fixed)  # fmt: skip
+    return tune_on_cells(Cells.from_dense(probs, targets, known), method=method, objective=objective,
+                         min_positives=min_positives, shrinkage=shrinkage, fixed=fixed)  # fmt: skip
 
 
-def tune_on_cells(cells: Cells, *, method: str = "per_class_f1", min_positives: int = 5, fixed: float = 0.5):
+def tune_on_cells(
+    cells: Cells,
+    *,
+    method: str = "per_class",
+    objective: str = "f1",
+    min_positives: int = 5,
+    shrinkage: float = 0.0,
+    fixed: float = 0.5,
+) -> ThresholdResult:
     """``tune_thresholds`` on the known cells of a validation set (sparse labels: only those are stored)."""
+    method = _LEGACY.get(method, method)
     if method not in METHODS:
         raise ValueError(f"unknown threshold method {method!r}; choose one of: {', '.join(METHODS)}")
-    if min_positives < 0:
-        raise ValueError(f"min_positives must be >= 0, got {min_positives}")
+    if min_positives < 0 or shrinkage < 0:
+        raise ValueError(f"min_positives and shrinkage must be >= 0, got {min_positives} and {shrinkage}")
     if not 0 < fixed <= 1:
         raise ValueError(f"fixed threshold must lie in (0, 1], got {fixed}")
+    goal = Objective.parse(objective)
     num_classes = cells.num_classes
-    # Micro-F1 sums TP/FP/FN over classes, so it is the F1 of all known entries pooled into one binary problem.
-    global_threshold = float(np.clip(_best_threshold(cells.scores, cells.targets, fixed), _MIN_THRESHOLD, 1.0))
+    pooled = _pooled_plateau(cells.scores, cells.targets, goal)
+    global_threshold = fixed if pooled is None else float(np.clip(pooled[0], _MIN_THRESHOLD, 1.0))
     fallback: list[int] = []
     thresholds = np.full(num_classes, fixed if method == "fixed" else global_threshold, dtype=np.float64)
-    if method == "per_class_f1":
+    plateaus: list[tuple[float, float] | None] = [None] * num_classes
+    if method == "per_class":
         num_positives = np.bincount(cells.cols[cells.targets], minlength=num_classes)
-        fallback = [int(c) for c in np.flatnonzero(num_positives < max(min_positives, 1))]
-        best = _best_thresholds(cells)
-        tuned = num_positives >= max(min_positives, 1)
-        thresholds[tuned] = best[tuned]
+        tuned = _class_plateaus(cells, goal)
+        for c in range(num_classes):
+            if num_positives[c] < max(min_positives, 1) or tuned[c] is None:
+                fallback.append(c)
+                continue
+            middle, low, high = tuned[c]
+            plateaus[c] = (low, high)
+            weight = shrinkage / (shrinkage + num_positives[c]) if shrinkage > 0 else 0.0
+            thresholds[c] = _shrunk(middle, global_threshold, weight)
         thresholds = np.clip(thresholds, _MIN_THRESHOLD, 1.0)
     return ThresholdResult(
         thresholds=thresholds,
@@ -117,50 +188,83 @@ def tune_on_cells(cells: Cells, *, method: str = "per_class_f1", min_positives: 
         f1_before=_class_f1(cells, np.full(num_classes, float(fixed))),
         f1_after=_class_f1(cells, thresholds),
         baseline_threshold=float(fixed),
+        objective=str(goal),
+        shrinkage=float(shrinkage) if method == "per_class" else 0.0,
+        plateaus=plateaus,
     )
 
 
-def _best_thresholds(cells: Cells) -> np.ndarray:
-    """(C,) each class's F1-maximising threshold (``_best_threshold`` per class, from one sort per block)."""
-    out = np.full(cells.num_classes, np.nan)
+def _logit(p: np.ndarray | float) -> np.ndarray:
+    p = np.clip(np.asarray(p, np.float64), _LOGIT_EPS, 1 - _LOGIT_EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def _sigmoid(z: float) -> float:
+    return float(1.0 / (1.0 + np.exp(-z)))
+
+
+def _shrunk(threshold: float, toward: float, weight: float) -> float:
+    """``threshold`` moved ``weight`` of the way to ``toward``, in logit space."""
+    if weight <= 0:
+        return threshold
+    return _sigmoid(float((1 - weight) * _logit(threshold) + weight * _logit(toward)))
+
+
+def _plateau(scores: np.ndarray, tp: np.ndarray, fp: np.ndarray, num_pos: float, goal: Objective):
+    """(threshold, low edge, high edge) of the best plateau over operating points sorted by descending score
+    (tie-group ends), or None where the objective is never met. See the module docstring."""
+    values = goal.at(tp, fp, num_pos)
+    best = float(values.max())
+    if best < 0:
+        return None
+    top = int(np.argmax(values == best))  # the first maximum: the highest threshold
+    outside = np.flatnonzero(values < best - PLATEAU_TOLERANCE)
+    first = int(outside[outside < top].max()) + 1 if (outside < top).any() else 0
+    last = int(outside[outside > top].min()) - 1 if (outside > top).any() else len(values) - 1
+    high = float(scores[first])
+    low = float(scores[last + 1]) if last + 1 < len(values) else float(scores[last])
+    # thresholds in (low, high] predict one of the plateau's operating points; its middle in logit space
+    middle = _sigmoid(float((_logit(high) + _logit(low)) / 2)) if low < high else high
+    if not _inside(middle, low, high, last + 1 < len(values)):
+        middle = _midpoint(high, low) if last + 1 < len(values) else high
+    return middle, low, high
+
+
+def _inside(t: float, low: float, high: float, open_low: bool) -> bool:
+    """Whether threshold ``t`` (also as float32, as the Predictor compares) lies in (low, high] (or [low, ...])."""
+    t32 = float(np.float32(t))
+    above = (low < t and low < t32) if open_low else (low <= t and low <= t32)
+    return above and t <= high and t32 <= high
+
+
+def _pooled_plateau(scores: np.ndarray, positives: np.ndarray, goal: Objective):
+    """The plateau of all known entries pooled (the global threshold's), or None without any positive."""
+    num_pos = int(positives.sum())
+    if num_pos == 0:
+        return None
+    order = np.argsort(scores, kind="stable")[::-1]
+    s, pos = scores[order], positives[order]
+    tp = np.cumsum(pos, dtype=np.float64)
+    fp = np.cumsum(~pos, dtype=np.float64)
+    group_end = np.append(s[1:] != s[:-1], True)
+    return _plateau(s[group_end], tp[group_end], fp[group_end], num_pos, goal)
+
+
+def _class_plateaus(cells: Cells, goal: Objective) -> list[tuple[float, float, float] | None]:
+    """Per class, its plateau (``_plateau``), from one sort per block of classes."""
+    out: list[tuple[float, float, float] | None] = [None] * cells.num_classes
     for c0, c1 in cells.blocks():
         b = rank_block(cells, c0, c1)
         if not len(b.cls):
             continue
         group = b.cls[b.is_end]
-        tp, fp, scores = b.tp[b.is_end], b.fp[b.is_end], b.scores[b.is_end]
-        _, _, f1 = _prf(tp, fp, b.num_pos[group] - tp)
+        tp, fp, scores, num_pos = b.tp[b.is_end], b.fp[b.is_end], b.scores[b.is_end], b.num_pos
         starts = np.flatnonzero(np.concatenate([[True], group[1:] != group[:-1]]))
-        best_f1 = np.maximum.reduceat(f1, starts)
         ends = np.concatenate([starts[1:], [len(group)]])
-        for first, last, cls, top in zip(starts.tolist(), ends.tolist(), group[starts].tolist(), best_f1.tolist(),
-                                         strict=True):  # fmt: skip
-            best = first + int(np.argmax(f1[first:last] == top))  # the first maximum: the highest threshold
-            hi = float(scores[best])
-            out[c0 + cls] = hi if best + 1 == last else _midpoint(hi, float(scores[best + 1]))
+        for first, last, cls in zip(starts.tolist(), ends.tolist(), group[starts].tolist(), strict=True):
+            if num_pos[cls] > 0:
+                out[c0 + cls] = _plateau(scores[first:last], tp[first:last], fp[first:last], num_pos[cls], goal)
     return out
-
-
-def _best_threshold(scores: np.ndarray, positives: np.ndarray, default: float) -> float:
-    """The F1-maximising threshold for 1-D scores and bool labels, from one sort and two cumulative sums.
-
-    Sorted descending, the i-th tie group's end gives the counts of "predict everything scoring >= its
-    score": TP and FP are cumulative sums, FN = total positives - TP. ``default`` when there is no positive.
-    """
-    num_pos = int(positives.sum())
-    if num_pos == 0:
-        return float(default)
-    order = np.argsort(scores)[::-1]
-    s, pos = scores[order], positives[order]
-    tp = np.cumsum(pos, dtype=np.float64)
-    fp = np.cumsum(~pos, dtype=np.float64)
-    group_end = np.append(s[1:] != s[:-1], True)
-    tp, fp, group_scores = tp[group_end], fp[group_end], s[group_end]
-    _, _, f1 = _prf(tp, fp, num_pos - tp)
-    best = int(np.argmax(f1))  # the first maximum: the highest threshold among ties
-    if best + 1 == group_scores.size:
-        return float(group_scores[best])  # predict all: the lowest score itself
-    return _midpoint(float(group_scores[best]), float(group_scores[best + 1]))
 
 
 def _midpoint(hi: float, lo: float) -> float:

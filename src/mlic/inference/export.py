@@ -99,7 +99,13 @@ def export_metadata(meta: dict[str, Any], input_dtype: str) -> dict[str, Any]:
             "shape": ["batch", 3, pre.image_size, pre.image_size],
             "layout": "RGB, channels first, resized as mlic's eval transform; normalisation happens inside",
         },
-        "output": {"name": OUTPUT_NAME, "shape": ["batch", len(meta["class_names"])], "activation": "sigmoid"},
+        "output": {
+            "name": OUTPUT_NAME,
+            "shape": ["batch", len(meta["class_names"])],
+            "activation": "sigmoid",
+            # the checkpoint's per-class calibration is folded into the graph's last layer
+            "calibration": (meta.get("calibration") or {}).get("method", "none"),
+        },  # fmt: skip
     }
 
 

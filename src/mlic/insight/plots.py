@@ -233,6 +233,36 @@ def plot_calibration(bins: dict[str, Any], out):
 
 
 @_plain_text
+def plot_reliability_grid(panels: Sequence[dict[str, Any]], out, *, columns: int = 4):
+    """Small multiples of per-label reliability diagrams, before and after calibration.
+
+    Each panel: ``name``, ``before`` and ``after`` (lists of {"mean_p", "rate", "count"} per non-empty bin,
+    ``mlic.evaluation.calibration.reliability``) and ``ece_before`` / ``ece_after``.
+    """
+    plt = _pyplot()
+    columns = max(1, min(columns, len(panels)))
+    rows = max(1, -(-len(panels) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.5 * rows), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.axis("off")
+    for ax, panel in zip(axes.flat, panels, strict=False):
+        ax.plot([0, 1], [0, 1], ls="--", color="gray", lw=0.8)
+        for key, style, colour in (("before", "o--", "tab:gray"), ("after", "o-", "tab:blue")):
+            points = panel[key]
+            ece = panel[f"ece_{key}"]
+            label = f"{key} (ECE {ece:.3f})" if ece is not None else key
+            ax.plot([b["mean_p"] for b in points], [b["rate"] for b in points], style, ms=3, color=colour, label=label)
+        ax.set(xlim=(0, 1), ylim=(0, 1), title=str(panel["name"])[:28])
+        ax.title.set_fontsize(9)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6, loc="upper left")
+    fig.supxlabel("predicted probability", fontsize=9)
+    fig.supylabel("fraction positive", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+@_plain_text
 def plot_cooccurrence_pair(class_names: Sequence[str], truth, predicted, out, *, max_classes: int = 30):
     """Label co-occurrence of the ground truth and of the predictions side by side, same label order.
 
