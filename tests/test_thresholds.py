@@ -149,3 +149,105 @@ def test_no_positives_anywhere_falls_back_to_fixed_and_bad_arguments_raise():
         tune_thresholds(probs, targets, fixed=0.0)
     with pytest.raises(ValueError, match="probs"):
         tune_thresholds(probs * 5, targets)
+
+
+# ---- plateaus, shrinkage, objectives ------------------------------------------------------------------------
+
+
+def _logit(p):
+    return np.log(p / (1 - p))
+
+
+def test_a_separable_class_gets_the_middle_of_its_plateau_in_logit_space():
+    rng = np.random.default_rng(7)
+    positives, negatives = rng.uniform(0.8, 0.999, 60), rng.uniform(0.001, 0.05, 140)
+    scores = np.concatenate([positives, negatives])[:, None]
+    targets = np.concatenate([np.ones(60), np.zeros(140)])[:, None]
+    result = tune_thresholds(scores, targets)
+    # every threshold in (max negative, min positive] gives F1 = 1; the old rule took min positive itself
+    low, high = negatives.max(), positives.min()
+    assert result.plateaus[0] == (low, high)
+    expected = 1 / (1 + np.exp(-(_logit(low) + _logit(high)) / 2))
+    assert result.thresholds[0] == pytest.approx(expected) and low < result.thresholds[0] < high
+    assert result.f1_after[0] == 1.0
+
+
+def test_the_plateau_is_the_run_of_operating_points_within_the_tolerance_of_the_best():
+    """Brute force: every operating point's F1 from the metrics module, the run around the first best."""
+    from mlic.evaluation.thresholds import PLATEAU_TOLERANCE
+
+    rng = np.random.default_rng(10)
+    probs = np.round(rng.random((500, 5)), 3)
+    targets = (rng.random((500, 5)) < probs**1.5).astype(int)
+    result = tune_thresholds(probs, targets, min_positives=1, shrinkage=0)
+    widened = 0
+    for c in range(5):
+        points = np.unique(probs[:, c])[::-1]  # operating points, highest threshold first
+        f1 = np.array([class_f1(probs[:, c : c + 1], targets[:, c : c + 1], t)[0] for t in points])
+        best = int(np.argmax(f1 == f1.max()))
+        ok = f1 >= f1.max() - PLATEAU_TOLERANCE
+        first, last = best, best
+        while first > 0 and ok[first - 1]:
+            first -= 1
+        while last + 1 < len(points) and ok[last + 1]:
+            last += 1
+        low = points[last + 1] if last + 1 < len(points) else points[last]
+        assert result.plateaus[c] == (low, points[first]), c
+        assert low < result.thresholds[c] <= points[first]
+        assert result.f1_after[c] >= f1.max() - PLATEAU_TOLERANCE
+        widened += last > first
+    assert widened >= 2  # the tolerance really joins neighbouring points in this data
+
+
+def test_shrinkage_pulls_few_positive_classes_toward_the_global_threshold_in_logit_space():
+    rng = np.random.default_rng(8)
+    n = 400
+    probs = rng.random((n, 2))
+    targets = np.zeros((n, 2), int)
+    targets[:, 0] = rng.random(n) < probs[:, 0]  # about 200 positives
+    few = np.argsort(-probs[:, 1])[:12]
+    targets[few, 1] = 1  # 12 positives
+    free = tune_thresholds(probs, targets, shrinkage=0)
+    pulled = tune_thresholds(probs, targets, shrinkage=10)
+    g = _logit(pulled.global_threshold)
+    for c, n_pos in ((0, targets[:, 0].sum()), (1, 12)):
+        w = 10 / (10 + n_pos)
+        assert _logit(pulled.thresholds[c]) == pytest.approx((1 - w) * _logit(free.thresholds[c]) + w * g)
+    # the rare class moves a lot, the frequent one hardly
+    moved = np.abs(_logit(pulled.thresholds) - _logit(free.thresholds))
+    assert moved[1] > 5 * moved[0]
+
+
+def test_objectives_beyond_f1():
+    rng = np.random.default_rng(9)
+    probs, targets = make_split(rng, 600)
+    f1 = tune_thresholds(probs, targets, shrinkage=0)
+    recall_heavy = tune_thresholds(probs, targets, objective="f_beta:3", shrinkage=0)
+    assert (recall_heavy.thresholds <= f1.thresholds + 1e-12).all()  # F3 weighs recall: lower thresholds
+    for required in (0.8, 0.95):
+        result = tune_thresholds(probs, targets, objective=f"precision_at_recall:{required}", shrinkage=0)
+        per_class = compute_metrics(probs, targets, None, result.thresholds)["per_class"]
+        assert all(c["recall"] >= required for c in per_class) and result.objective == f"precision_at_recall:{required}"
+    strict = tune_thresholds(probs, targets, objective="recall_at_precision:0.9", shrinkage=0)
+    per_class = compute_metrics(probs, targets, None, strict.thresholds)["per_class"]
+    reachable = [c for c in range(3) if c not in strict.fallback_classes]
+    assert reachable and all(per_class[c]["precision"] >= 0.9 for c in reachable)
+    with pytest.raises(ValueError, match="objective"):
+        tune_thresholds(probs, targets, objective="precision_at_recall:1.5")
+
+
+def test_an_objective_a_class_cannot_meet_falls_back_to_global():
+    scores = np.array([[0.9, 0.9], [0.8, 0.8], [0.7, 0.7], [0.6, 0.6], [0.5, 0.5], [0.4, 0.4]])
+    targets = np.array([[1, 0], [0, 1], [1, 0], [0, 1], [1, 0], [0, 1]])
+    result = tune_thresholds(scores, targets, objective="recall_at_precision:0.99", min_positives=1)
+    assert 1 in result.fallback_classes and result.thresholds[1] == result.global_threshold
+    assert 0 in result.fallback_classes or result.thresholds[0] <= 0.9
+
+
+def test_old_method_names_still_read_from_a_config():
+    from mlic.config import SETTINGS
+
+    assert SETTINGS["threshold_method"].check("per_class_f1") == "per_class"
+    assert SETTINGS["threshold_method"].check("global_f1") == "global"
+    with pytest.raises(ValueError, match="not allowed"):
+        SETTINGS["threshold_method"].check("youden")
