@@ -6,11 +6,12 @@ import argparse
 import json
 from pathlib import Path
 
-from mlic.cli.flags import add_command, add_compute, add_label_reading, add_threshold
+from mlic.cli.flags import add_command, add_compute, add_label_reading, add_setting, add_threshold
 
 HELP = """examples:
   mlic evaluate runs/shapes/checkpoints/best --data data/test.csv
   mlic evaluate runs/shapes/checkpoints/best --data data/test.csv --threshold 0.3 --output test.json
+  mlic evaluate runs/shapes/checkpoints/best --data data/test.csv --bootstrap 1000   # 95% intervals
 
 Prints an overall table and a per-class table (support, AP, precision, recall, F1) and writes
 them as JSON (default: evaluation.json beside the checkpoint folder).
@@ -25,10 +26,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_threshold(p)
     add_compute(p)
     p.add_argument("--output", help="JSON report path (default: <checkpoint>/../evaluation.json)")
+    p.add_argument("--bootstrap", type=_replicates, default=0, metavar="B",
+                   help="95%% intervals of every metric from B bootstrap resamples of the images, e.g. 1000 "
+                   "(default: 0, none)")  # fmt: skip
+    add_setting(p, "seed", own_default=True)
     p.set_defaults(run=run)
 
 
+def _replicates(text: str) -> int:
+    value = int(text)
+    if value != 0 and value < 2:
+        raise argparse.ArgumentTypeError("must be 0 (none) or at least 2")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
+    from mlic.evaluation.bootstrap import Resampling
     from mlic.evaluation.evaluate import evaluate_checkpoint, format_report
     from mlic.evaluation.scoring import BatchOptions
     from mlic.runtime.cpu import configure_allocator
@@ -44,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         label_delimiter=args.label_delimiter,
         threshold=args.threshold,
         batch=batch,
+        bootstrap=Resampling(args.bootstrap, args.seed),
     )
     print(format_report(report))
     out = Path(args.output) if args.output else Path(args.checkpoint).parent / "evaluation.json"

@@ -77,6 +77,7 @@ class RankedBlock:
     fp: np.ndarray
     is_start: np.ndarray  # (k,) bool: first cell of a tie group (same class, same score)
     is_end: np.ndarray
+    order: np.ndarray | None = None  # (k,) position of each sorted cell among the block's cells
 
     @property
     def num_pos(self) -> np.ndarray:
@@ -105,7 +106,7 @@ def rank_block(cells: Cells, c0: int, c1: int) -> RankedBlock:
     differs = new_class[1:] | (scores[1:] != scores[:-1])
     is_start = np.concatenate([[True], differs]) if len(cls) else np.zeros(0, bool)
     is_end = np.concatenate([differs, [True]]) if len(cls) else np.zeros(0, bool)
-    return RankedBlock(c0, c1, cls, scores, pos, tp, fp, is_start, is_end)
+    return RankedBlock(c0, c1, cls, scores, pos, tp, fp, is_start, is_end, order)
 
 
 def ranking_metrics(cells: Cells) -> tuple[np.ndarray, np.ndarray]:

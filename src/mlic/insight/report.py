@@ -104,13 +104,14 @@ def _load_run(run_dir: Path, predictions: str | Path | None) -> dict[str, Any]:
     pred = load_predictions(pred_path) if pred_path is not None else None
     if pred is not None and len(pred["probs"]) == 0:
         pred = None
-    metrics = None
+    metrics, intervals = None, None
     if pred is not None:
         from mlic.evaluation.metrics import compute_metrics
 
         metrics = compute_metrics(
             pred["probs"], pred["targets"], pred["masks"], pred["thresholds"], pred["class_names"]
         )
+        intervals = _intervals(pred)
     return {
         "dir": run_dir,
         "config_text": config_text,
@@ -120,8 +121,25 @@ def _load_run(run_dir: Path, predictions: str | Path | None) -> dict[str, Any]:
         "pred": pred,
         "pred_path": pred_path,
         "metrics": metrics,
+        "intervals": intervals,
         "class_names": list(meta["class_names"]) if meta else (pred["class_names"] if pred else []),
     }
+
+
+REPORT_BOOTSTRAP = 1000  # resamples behind the report's 95% intervals
+BOOTSTRAP_MAX_CELLS = 2_000_000  # above this many known cells the report leaves the intervals to mlic evaluate
+
+
+def _intervals(pred: dict[str, Any]) -> dict[str, Any] | None:
+    from mlic.evaluation.bootstrap import bootstrap_intervals
+    from mlic.evaluation.cells import Cells
+
+    known = pred["masks"] > 0
+    if known.sum() > BOOTSTRAP_MAX_CELLS:
+        return None
+    cells = Cells.from_dense(pred["probs"].astype(np.float64), pred["targets"] > 0, known)
+    return bootstrap_intervals(cells, np.asarray(pred["thresholds"], np.float64), replicates=REPORT_BOOTSTRAP,
+                               class_names=pred["class_names"])  # fmt: skip
 
 
 def _read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -153,7 +171,11 @@ def _summary_section(run: dict[str, Any]) -> str:
     metrics = run["metrics"]
     facts.append(("evaluated on", f"{_set_name(run)}: {metrics['num_images']} images ({run['pred_path'].name})"))
     keys = ("mAP", "roc_auc_macro", "f1_micro", "f1_macro", "f1_samples", "precision_micro", "recall_micro")
-    facts += [(key, _num(metrics[key])) for key in (*keys, "hamming_loss", "exact_match")]
+    overall = (run["intervals"] or {}).get("overall", {})
+    facts += [(key, _num(metrics[key]) + _bounds(overall.get(key))) for key in (*keys, "hamming_loss", "exact_match")]
+    if run["intervals"]:
+        facts.append(("intervals", f"95% bootstrap percentile intervals, {run['intervals']['replicates']} resamples "
+                      "of the images"))  # fmt: skip
     if metrics["excluded_from_map"]:
         facts.append(("not in mAP (no positives)", ", ".join(map(str, metrics["excluded_from_map"]))))
     return section("summary", "Summary", table_html(["", ""], facts))
@@ -253,7 +275,7 @@ def _evaluation_sections(run: dict[str, Any], device: str) -> list[str]:
     true = (pred["targets"] > 0) & known
     counts = {"tp": (predicted & true).sum(0), "fp": (predicted & ~true).sum(0), "fn": (~predicted & true).sum(0)}
     bodies = [
-        _per_class_table(run["metrics"], counts),
+        _per_class_table(run["metrics"], counts, run["intervals"]),
         _calibration_section(run, known),
         _curves(run["metrics"], pred, known),
         _errors(pred["class_names"], true, predicted, counts),
@@ -263,14 +285,31 @@ def _evaluation_sections(run: dict[str, Any], device: str) -> list[str]:
     return [section(key, title, body) for (key, title), body in zip(titles, bodies, strict=True)]
 
 
-def _per_class_table(metrics: dict[str, Any], counts: dict[str, np.ndarray]) -> str:
+def _per_class_table(metrics: dict[str, Any], counts: dict[str, np.ndarray], intervals: dict | None) -> str:
     header = ["label", "support", "AP", "ROC AUC", "precision", "recall", "F1", "threshold", "TP", "FP", "FN"]
+    if intervals:
+        header += ["AP 95%", "F1 95%", "wide"]
     rows = []
     for c, m in enumerate(metrics["per_class"]):
         values = [m["support"], m["ap"], m["roc_auc"], m["precision"], m["recall"], m["f1"], m["threshold"]]
-        rows.append([str(m["name"]), *values, *(int(counts[k][c]) for k in ("tp", "fp", "fn"))])
+        row = [str(m["name"]), *values, *(int(counts[k][c]) for k in ("tp", "fp", "fn"))]
+        if intervals:
+            ci = intervals["per_class"][c]
+            row += [_bounds(ci["ap"]).strip(" ()") or None, _bounds(ci["f1"]).strip(" ()") or None,
+                    "wide" if ci["wide"] else ""]  # fmt: skip
+        rows.append(row)
     note = "<p>Click a column header to sort. A label is predicted when its probability reaches its threshold.</p>"
+    if intervals:
+        from mlic.evaluation.bootstrap import WIDE
+
+        note += (f"<p>95% intervals from {intervals['replicates']} bootstrap resamples of the images; "
+                 f"<em>wide</em>: an AP or F1 interval wider than {WIDE}, too few examples to rank this label "
+                 f"against others ({len(intervals['wide_classes'])} labels).</p>")  # fmt: skip
     return note + table_html(header, rows, table_id="per-class-table", sortable=True)
+
+
+def _bounds(bounds: list[float] | None) -> str:
+    return "" if bounds is None else f" ({bounds[0]:.3f} to {bounds[1]:.3f})"
 
 
 MAX_RELIABILITY_CLASSES = 12  # diagrams for the most frequent labels; the table lists every label
