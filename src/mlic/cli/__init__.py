@@ -11,11 +11,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from mlic.cli import data, demo, evaluate, explain, export, predict, report, serve, train
+from mlic.cli import card, data, demo, evaluate, explain, export, predict, report, serve, train
 from mlic.errors import UserError
 
 # explicit, in the order --help lists them
-SUBCOMMANDS = (demo, data, train, evaluate, predict, export, serve, report, explain)
+SUBCOMMANDS = (demo, data, train, evaluate, predict, export, serve, report, explain, card)
 
 EPILOG = """examples:
   mlic demo                                              # build demo data, train, evaluate, predict
@@ -26,6 +26,7 @@ EPILOG = """examples:
   mlic serve runs/shapes/checkpoints/best                # web page + HTTP API on http://127.0.0.1:8000
   mlic report runs/shapes                                # HTML report: curves, per-label errors, Grad-CAM
   mlic explain runs/shapes/checkpoints/best photo.png    # Grad-CAM map per predicted label
+  mlic card runs/shapes/checkpoints/best --data test.csv # MODEL_CARD.md with metrics and intervals
   mlic data inspect data/train.csv                       # label statistics and broken/duplicate images
 """
 

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from mlic.cli.flags import add_command, add_compute, add_label_reading, add_setting, add_threshold
+from mlic.cli.flags import add_bootstrap, add_command, add_compute, add_label_reading, add_threshold
 
 HELP = """examples:
   mlic evaluate runs/shapes/checkpoints/best --data data/test.csv
@@ -26,18 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_threshold(p)
     add_compute(p)
     p.add_argument("--output", help="JSON report path (default: <checkpoint>/../evaluation.json)")
-    p.add_argument("--bootstrap", type=_replicates, default=0, metavar="B",
-                   help="95%% intervals of every metric from B bootstrap resamples of the images, e.g. 1000 "
-                   "(default: 0, none)")  # fmt: skip
-    add_setting(p, "seed", own_default=True)
+    add_bootstrap(p, 0)
     p.set_defaults(run=run)
-
-
-def _replicates(text: str) -> int:
-    value = int(text)
-    if value != 0 and value < 2:
-        raise argparse.ArgumentTypeError("must be 0 (none) or at least 2")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:

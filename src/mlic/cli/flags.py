@@ -153,6 +153,21 @@ def add_compute(parser: argparse._ActionsContainer) -> None:
         add_setting(parser, flat, own_default=True)
 
 
+def add_bootstrap(parser: argparse._ActionsContainer, default: int) -> None:
+    """``--bootstrap B`` (95% intervals from B resamples of the images; 0: none) and the ``--seed`` they draw from."""
+
+    def replicates(text: str) -> int:
+        value = int(text)
+        if value != 0 and value < 2:
+            raise argparse.ArgumentTypeError("must be 0 (none) or at least 2")
+        return value
+
+    parser.add_argument("--bootstrap", type=replicates, default=default, metavar="B",
+                        help=f"95%% intervals of every metric from B bootstrap resamples of the images, 0: none "
+                        f"(default: {default})")  # fmt: skip
+    add_setting(parser, "seed", own_default=True)
+
+
 def add_command(sub: argparse._SubParsersAction, name: str, help: str, description: str, epilog: str):
     """A subcommand's parser: its help line, its description, its worked examples, its name in errors."""
     p = sub.add_parser(

@@ -73,6 +73,7 @@ def build_report(
         _data_section(run),
         _training_section(run),
         *_evaluation_sections(run, str(batch.device)),
+        *_card_section(run_dir),
     ]
     page = page_html(f"mlic report: {run_dir.name}", sections)
     out = Path(out) if out is not None else run_dir / REPORT_FILE
@@ -178,7 +179,19 @@ def _summary_section(run: dict[str, Any]) -> str:
                       "of the images"))  # fmt: skip
     if metrics["excluded_from_map"]:
         facts.append(("not in mAP (no positives)", ", ".join(map(str, metrics["excluded_from_map"]))))
-    return section("summary", "Summary", table_html(["", ""], facts))
+    link = '<p><a href="#model-card">Model card</a></p>' if (run["dir"] / "MODEL_CARD.md").is_file() else ""
+    return section("summary", "Summary", table_html(["", ""], facts) + link)
+
+
+def _card_section(run_dir: Path) -> list[str]:
+    """The run's MODEL_CARD.md (``mlic card``), shown as written, when there is one."""
+    from mlic.insight.card import CARD_FILE
+
+    card = run_dir / CARD_FILE
+    if not card.is_file():
+        return []
+    body = f"<p>{CARD_FILE}, as <code>mlic card</code> wrote it:</p><pre>{html.escape(card.read_text())}</pre>"
+    return [section("model-card", "Model card", body)]
 
 
 def _set_name(run: dict[str, Any]) -> str:
