@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import json
 import struct
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -321,7 +322,28 @@ def test_cli_builds_a_dataset(fake_idx, tmp_path, capsys):
     assert str(out / "sources.jsonl") in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("flags", [["--train", "-1"], ["--image-size", "8"], ["--seed", "x"]])
+def test_long_tail_gives_zipf_like_class_frequencies_in_every_split(fake_idx, tmp_path):
+    out = tmp_path / "tail"
+    make_fashion_collages(fake_idx[0], out, **_kwargs(num_train=300, num_val=300, num_test=300, long_tail=1.5))
+    assert json.loads((out / "manifest.json").read_text())["long_tail"] == 1.5
+    counts = {}
+    for split in ("train", "val", "test"):
+        garments = Counter(g["label"] for row in _sources(out)[split] for g in row["garments"])
+        counts[split] = [garments[name] for name in FASHION_CLASSES]
+    ranking = np.argsort(counts["train"])[::-1]
+    shares = np.array(counts["train"])[ranking] / sum(counts["train"])
+    expected = np.arange(1, 11) ** -1.5 / (np.arange(1, 11) ** -1.5).sum()
+    assert np.abs(shares - expected).max() < 0.05, (shares, expected)
+    assert shares[0] > 8 * shares[-1]  # a long tail, not equal frequencies
+    for split in ("val", "test"):  # the same classes are frequent and rare in every split
+        top, bottom = np.array(counts[split])[ranking[:3]].sum(), np.array(counts[split])[ranking[-3:]].sum()
+        assert top > 5 * bottom, (split, counts[split])
+    plain = tmp_path / "plain"
+    make_fashion_collages(fake_idx[0], plain, **_kwargs())
+    assert "long_tail" not in json.loads((plain / "manifest.json").read_text())  # earlier builds stay reusable
+
+
+@pytest.mark.parametrize("flags", [["--train", "-1"], ["--image-size", "8"], ["--seed", "x"], ["--long-tail", "-1"]])
 def test_cli_rejects_bad_flags(fake_idx, tmp_path, flags, capsys):
     with pytest.raises(SystemExit) as exit_info:
         _data_parser().parse_args(["fashion-collage", str(fake_idx[0]), str(tmp_path), *flags])

@@ -218,6 +218,30 @@ def test_shrinkage_pulls_few_positive_classes_toward_the_global_threshold_in_log
     assert moved[1] > 5 * moved[0]
 
 
+def test_calibrated_shrinkage_pulls_toward_half_the_class_best_f1():
+    """On calibrated probabilities the F1-optimal threshold is F*/2 (Lipton et al. 2014): check that theory on
+    a large calibrated sample, then that shrinkage pulls a few-positive class toward its own F*/2."""
+    rng = np.random.default_rng(12)
+    n = 200_000
+    p = rng.beta(0.5, 3.0, n)  # a calibrated, rare-ish class: P(y = 1 | p) = p
+    y = rng.random(n) < p
+    free = tune_thresholds(p[:, None], y[:, None].astype(int), shrinkage=0)
+    assert free.thresholds[0] == pytest.approx(free.f1_after[0] / 2, abs=0.01)
+    # a small validation sample of the same class: 300 images, about 40 positives
+    small_p, small_y = p[:300, None], y[:300, None].astype(int)
+    base = tune_thresholds(small_p, small_y, shrinkage=0, calibrated=True)
+    pulled = tune_thresholds(small_p, small_y, shrinkage=10, calibrated=True)
+    assert pulled.prior == "calibrated optimum" and base.to_dict()["prior"] == "calibrated optimum"
+    w = 10 / (10 + small_y.sum())
+    prior = base.f1_after[0] / 2  # at zero shrinkage the threshold is the plateau middle, F1 there the best
+    expected = (1 - w) * _logit(base.thresholds[0]) + w * _logit(prior)
+    assert _logit(pulled.thresholds[0]) == pytest.approx(expected, abs=1e-6)
+    # uncalibrated scores, or an objective without a calibrated optimum: toward the global threshold
+    assert tune_thresholds(small_p, small_y, shrinkage=10).prior == "global"
+    assert tune_thresholds(small_p, small_y, shrinkage=10, calibrated=True,
+                           objective="precision_at_recall:0.5").prior == "global"  # fmt: skip
+
+
 def test_objectives_beyond_f1():
     rng = np.random.default_rng(9)
     probs, targets = make_split(rng, 600)

@@ -238,7 +238,8 @@ class ThresholdConfig:
     )
     shrinkage: float = setting(
         10.0,
-        "pull each class's threshold toward the global one, in logit space, with weight K / (K + positives)",
+        "pull each class's threshold toward a prior (its calibrated F1 optimum F*/2, else the global "
+        "threshold), in logit space, with weight K / (K + positives)",
         flat="threshold_shrinkage",
         rule=at_least(0),
         metavar="K",

@@ -33,6 +33,13 @@ def register(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--test", type=_at_least(0), default=4000, help="test collages (default 4000)")
     p.add_argument("--image-size", type=_at_least(MIN_IMAGE_SIZE), default=96, help="collage side in pixels")
     p.add_argument("--seed", type=_at_least(0), default=0, help="random seed of the collages (default: 0)")
+    p.add_argument(
+        "--long-tail",
+        type=_tail,
+        default=0.0,
+        metavar="S",
+        help="Zipf-like class frequencies, the k-th class with weight k**-S (default: 0, all equal)",
+    )
     add_setting(p, "progress", own_default=True)
     p.set_defaults(run=run)
 
@@ -52,6 +59,16 @@ def _at_least(minimum: int):
     return parse
 
 
+def _tail(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value <= 10:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 10], got {value}")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
     from mlic.data.builders.fashion import make_fashion_collages
 
@@ -64,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         num_test=args.test,
         image_size=args.image_size,
         seed=args.seed,
+        long_tail=args.long_tail,
         progress=args.progress,
     )
     for name, path in paths.items():

@@ -67,7 +67,8 @@ def checkpoint_meta(
         fit, calibration_info = fit_calibration(val["preds"].cells, tcfg.calibration)
         calibration = fit.to_dict() if fit.fitted.any() else None
         tuned = tune_on_cells(calibrate_cells(val["preds"].cells, fit), method=tcfg.method, objective=tcfg.objective,
-                              min_positives=tcfg.min_positives, shrinkage=tcfg.shrinkage, fixed=tcfg.fixed)  # fmt: skip
+                              min_positives=tcfg.min_positives, shrinkage=tcfg.shrinkage, fixed=tcfg.fixed,
+                              calibrated=tcfg.calibration != "none")  # fmt: skip
         thresholds, info = [float(x) for x in tuned.thresholds], tuned.to_dict()
     return {
         "model": model,

@@ -22,9 +22,16 @@ Rules:
   classes every threshold between the highest negative and the lowest positive is equally good on
   validation, and the edge (0.997, 0.009 on the demo) is where a new image most easily falls on the wrong
   side; logit space because that is where a model's scores move from one sample of images to the next.
-- Shrinkage: a class's threshold is then pulled toward the global one, in logit space, with weight
-  K / (K + its known positives) (``--threshold-shrinkage K``): an optimum over a dozen positives is mostly
-  the noise of those dozen, and a class with many positives keeps its own threshold.
+- Shrinkage: a class's threshold is then pulled toward a prior, in logit space, with weight
+  K / (K + its known positives) (``--threshold-shrinkage K``): the location of an optimum over a dozen
+  positives is mostly the noise of those dozen, and a class with many positives keeps its own threshold.
+  For calibrated probabilities and F1 (or F-beta) the prior is the class's own: the F-beta-optimal
+  threshold of a calibrated classifier is F* / (1 + beta^2), half the best F1 (Lipton, Elkan and
+  Naryanaswamy, "Optimal Thresholding of Classifiers to Maximize F1 Measure", ECML PKDD 2014), and the
+  value F* of a class's best F1 is far steadier over few positives than where it is reached. Otherwise
+  (uncalibrated scores, or the precision/recall objectives) the prior is the global threshold, which is
+  set by the frequent classes and sits too high for the rare ones of a long tail (on the long-tailed
+  collages of ``benchmarks/thresholds.py``, shrinking toward it cost more macro-F1 than it saved).
 - A class with fewer than ``min_positives`` known positives (and always one with none, or one where the
   objective cannot be met) gets the global threshold outright. The global threshold is the plateau middle
   of the objective over all known entries pooled (micro); with no positive at all it is ``fixed``.
@@ -72,6 +79,15 @@ class Objective:
     def __str__(self) -> str:
         return self.kind if self.kind == "f1" else f"{self.kind}:{self.value:g}"
 
+    def calibrated_optimum(self, best: float) -> float | None:
+        """The threshold that reaches ``best`` on calibrated probabilities, where theory gives one (F-beta:
+        F* / (1 + beta^2), Lipton et al. 2014), else None."""
+        if self.kind == "f1":
+            return best / 2
+        if self.kind == "f_beta":
+            return best / (1 + self.value**2)
+        return None
+
     def at(self, tp: np.ndarray, fp: np.ndarray, num_pos) -> np.ndarray:
         """The objective at operating points with these counts; -1 where a required level is not reached."""
         fn = num_pos - tp
@@ -106,6 +122,7 @@ class ThresholdResult:
     objective: str = "f1"
     shrinkage: float = 0.0
     plateaus: list[tuple[float, float] | None] = field(default_factory=list)  # per class (low, high) edges
+    prior: str = "global"  # what shrinkage pulls toward: "global" or "calibrated optimum" (see the module)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain Python floats, ints and lists, ready for json.dumps (e.g. into a checkpoint's meta.json)."""
@@ -120,28 +137,15 @@ class ThresholdResult:
             "f1_before": [float(f) for f in self.f1_before],
             "f1_after": [float(f) for f in self.f1_after],
             "plateaus": [None if p is None else [float(p[0]), float(p[1])] for p in self.plateaus],
+            "prior": self.prior,
         }
 
 
-def tune_thresholds(
-    probs: ArrayLike,
-    targets: ArrayLike,
-    mask: ArrayLike | None = None,
-    *,
-    method: str = "per_class",
-    objective: str = "f1",
-    min_positives: int = 5,
-    shrinkage: float = 0.0,
-    fixed: float = 0.5,
-) -> ThresholdResult:
-    """Thresholds for (N, C) validation ``probs`` and 0/1 ``targets`` (``mask``: 1 = known; None = all known).
-
-    method: "per_class" tunes each class's threshold for ``objective``, "global" one threshold for all
-    classes (the objective over all known entries pooled), "fixed" uses ``fixed`` for every class.
-    """
+def tune_thresholds(probs: ArrayLike, targets: ArrayLike, mask: ArrayLike | None = None, **options) -> ThresholdResult:
+    """Thresholds for (N, C) validation ``probs`` and 0/1 ``targets`` (``mask``: 1 = known; None = all known);
+    ``options`` are ``tune_on_cells``'s (method, objective, min_positives, shrinkage, fixed, calibrated)."""
     probs, targets, known = _validate(probs, targets, mask)
-    return tune_on_cells(Cells.from_dense(probs, targets, known), method=method, objective=objective,
-                         min_positives=min_positives, shrinkage=shrinkage, fixed=fixed)  # fmt: skip
+    return tune_on_cells(Cells.from_dense(probs, targets, known), **options)
 
 
 def tune_on_cells(
@@ -152,8 +156,15 @@ def tune_on_cells(
     min_positives: int = 5,
     shrinkage: float = 0.0,
     fixed: float = 0.5,
+    calibrated: bool = False,
 ) -> ThresholdResult:
-    """``tune_thresholds`` on the known cells of a validation set (sparse labels: only those are stored)."""
+    """Thresholds for the known cells of a validation set (sparse labels: only those are stored).
+
+    method: "per_class" tunes each class's threshold for ``objective``, "global" one threshold for all
+    classes (the objective over all known entries pooled), "fixed" uses ``fixed`` for every class.
+    ``calibrated``: the scores are calibrated probabilities, so shrinkage may pull toward each class's own
+    calibrated optimum (see the module docstring).
+    """
     method = _LEGACY.get(method, method)
     if method not in METHODS:
         raise ValueError(f"unknown threshold method {method!r}; choose one of: {', '.join(METHODS)}")
@@ -175,10 +186,12 @@ def tune_on_cells(
             if num_positives[c] < max(min_positives, 1) or tuned[c] is None:
                 fallback.append(c)
                 continue
-            middle, low, high = tuned[c]
+            middle, low, high, best = tuned[c]
             plateaus[c] = (low, high)
             weight = shrinkage / (shrinkage + num_positives[c]) if shrinkage > 0 else 0.0
-            thresholds[c] = _shrunk(middle, global_threshold, weight)
+            own = goal.calibrated_optimum(best) if calibrated else None
+            prior = global_threshold if own is None else float(np.clip(own, _MIN_THRESHOLD, 1.0))
+            thresholds[c] = _shrunk(middle, prior, weight)
         thresholds = np.clip(thresholds, _MIN_THRESHOLD, 1.0)
     return ThresholdResult(
         thresholds=thresholds,
@@ -191,6 +204,7 @@ def tune_on_cells(
         objective=str(goal),
         shrinkage=float(shrinkage) if method == "per_class" else 0.0,
         plateaus=plateaus,
+        prior="calibrated optimum" if calibrated and goal.calibrated_optimum(1.0) is not None else "global",
     )
 
 
@@ -211,8 +225,8 @@ def _shrunk(threshold: float, toward: float, weight: float) -> float:
 
 
 def _plateau(scores: np.ndarray, tp: np.ndarray, fp: np.ndarray, num_pos: float, goal: Objective):
-    """(threshold, low edge, high edge) of the best plateau over operating points sorted by descending score
-    (tie-group ends), or None where the objective is never met. See the module docstring."""
+    """(threshold, low edge, high edge, best objective value) of the best plateau over operating points sorted
+    by descending score (tie-group ends), or None where the objective is never met. See the module docstring."""
     values = goal.at(tp, fp, num_pos)
     best = float(values.max())
     if best < 0:
@@ -227,7 +241,7 @@ def _plateau(scores: np.ndarray, tp: np.ndarray, fp: np.ndarray, num_pos: float,
     middle = _sigmoid(float((_logit(high) + _logit(low)) / 2)) if low < high else high
     if not _inside(middle, low, high, last + 1 < len(values)):
         middle = _midpoint(high, low) if last + 1 < len(values) else high
-    return middle, low, high
+    return middle, low, high, best
 
 
 def _inside(t: float, low: float, high: float, open_low: bool) -> bool:
@@ -250,9 +264,9 @@ def _pooled_plateau(scores: np.ndarray, positives: np.ndarray, goal: Objective):
     return _plateau(s[group_end], tp[group_end], fp[group_end], num_pos, goal)
 
 
-def _class_plateaus(cells: Cells, goal: Objective) -> list[tuple[float, float, float] | None]:
+def _class_plateaus(cells: Cells, goal: Objective) -> list[tuple[float, float, float, float] | None]:
     """Per class, its plateau (``_plateau``), from one sort per block of classes."""
-    out: list[tuple[float, float, float] | None] = [None] * cells.num_classes
+    out: list[tuple[float, float, float, float] | None] = [None] * cells.num_classes
     for c0, c1 in cells.blocks():
         b = rank_block(cells, c0, c1)
         if not len(b.cls):

@@ -151,12 +151,17 @@ def _thresholds_part(meta: dict) -> str:
     lines = ["## Thresholds", "",
              f"Tuned on the validation set ({info.get('method')}, objective {info.get('objective', 'f1')}), on "
              "calibrated probabilities: each class's threshold sits in the middle, in logit space, of its best "
-             f"plateau, pulled toward the global threshold ({info.get('global_threshold', 0.5):.4f}) with weight "
-             f"K / (K + positives), K = {info.get('shrinkage', 0)}. A label is predicted when its probability "
-             "reaches its threshold."]  # fmt: skip
+             f"plateau, pulled toward {_prior(info)} with weight K / (K + positives), K = {info.get('shrinkage', 0)}. "
+             "A label is predicted when its probability reaches its threshold."]  # fmt: skip
     if fallback:
         lines.append(f"\nClasses with too few validation positives, given the global threshold: {', '.join(fallback)}.")
     return "\n".join(lines) + "\n"
+
+
+def _prior(info: dict) -> str:
+    if info.get("prior") == "calibrated optimum":
+        return "its own calibrated optimum (half its best validation F1, Lipton et al. 2014)"
+    return f"the global threshold ({info.get('global_threshold', 0.5):.4f})"
 
 
 def _calibration_part(meta: dict) -> str:

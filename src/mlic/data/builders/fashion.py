@@ -168,13 +168,27 @@ def _garment_stream(pool: np.ndarray, rng: np.random.Generator):
         yield from rng.permutation(pool).tolist()
 
 
-def _plan_split(pool: np.ndarray, count: int, image_size: int, seed: int, split_id: int) -> list[_Collage]:
+def _tail_stream(pool: np.ndarray, rng: np.random.Generator, classes: np.ndarray, ranking: np.ndarray, tail: float):
+    """A long tail: each garment first draws its class, the k-th of ``ranking`` with weight k ** -tail (Zipf-like),
+    then takes the next of that class's own shuffled passes over the pool (``classes``: each source image's)."""
+    ranked = [int(c) for c in ranking if np.any(classes[pool] == c)]
+    weights = np.arange(1, len(ranked) + 1, dtype=np.float64) ** -tail
+    streams = {c: _garment_stream(pool[classes[pool] == c], rng) for c in ranked}
+    while True:
+        yield next(streams[ranked[int(rng.choice(len(ranked), p=weights / weights.sum()))]])
+
+
+def _plan_split(
+    pool: np.ndarray, count: int, image_size: int, seed: int, split_id: int, tail: tuple | None = None
+) -> list[_Collage]:
     """Layouts, colours and garment indices of one split's collages; cheap, so done before any drawing.
 
     Collage i draws its layout from its own stream seeded by (seed, split, i) and its garments from the
     split's shuffled pool in order, so the first n collages are the same whatever the split's size.
+    ``tail``: (classes of the source images, class ranking, exponent) for long-tailed label frequencies.
     """
-    stream = _garment_stream(pool, np.random.default_rng(np.random.SeedSequence([seed, 1, split_id])))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 1, split_id]))
+    stream = _garment_stream(pool, rng) if tail is None else _tail_stream(pool, rng, *tail)
     cell = image_size // GRID
     plans = []
     for i in range(count):
@@ -265,21 +279,30 @@ def _write_split(root: Path, split: str, plans: list[_Collage], images, labels, 
     return rows, lines
 
 
+# What a collage set is made of, with its defaults: each is a keyword of make_fashion_collages and a field of
+# the manifest (so a set built with other values is never reused for these).
+COLLAGE_DEFAULTS = {"num_train": 20000, "num_val": 2000, "num_test": 4000, "image_size": 96, "seed": 0,
+                    "long_tail": 0.0}  # fmt: skip
+
+
 def make_fashion_collages(
-    idx_dir: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    *,
-    num_train: int = 20000,
-    num_val: int = 2000,
-    num_test: int = 4000,
-    image_size: int = 96,
-    seed: int = 0,
-    progress: bool = True,
+    idx_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, progress: bool = True, **spec: float
 ) -> dict[str, Path]:
     """Write Fashion-MNIST collages under ``out_dir``, or reuse them if complete with these parameters.
 
-    Returns the paths of the train/val/test CSVs and of sources.jsonl. Deterministic in ``seed``.
+    ``spec``: any of COLLAGE_DEFAULTS (num_train, num_val, num_test, image_size, seed, long_tail). Returns the
+    paths of the train/val/test CSVs and of sources.jsonl. Deterministic in ``seed``. ``long_tail`` > 0 makes
+    garment class frequencies Zipf-like (the k-th most frequent class, in a seeded order shared by all splits,
+    drawn with weight k ** -long_tail); 0 keeps every class equally frequent.
     """
+    unknown = sorted(set(spec) - set(COLLAGE_DEFAULTS))
+    if unknown:
+        raise TypeError(f"make_fashion_collages() got unknown keyword(s): {', '.join(unknown)}")
+    values = COLLAGE_DEFAULTS | spec
+    num_train, num_val, num_test = (values[k] for k in ("num_train", "num_val", "num_test"))
+    image_size, seed, long_tail = values["image_size"], values["seed"], float(values["long_tail"])
+    if not 0 <= long_tail <= 10:
+        raise ValueError(f"long_tail must lie in [0, 10], got {long_tail}")
     root = Path(out_dir)
     counts = {"train": num_train, "val": num_val, "test": num_test}
     check_build_args(counts, image_size, seed, MIN_IMAGE_SIZE)
@@ -293,6 +316,7 @@ def make_fashion_collages(
         "image_size": image_size,
         "seed": seed,
         "val_garment_fraction": VAL_GARMENT_FRACTION,
+        **({"long_tail": long_tail} if long_tail else {}),  # absent when 0: earlier builds stay reusable
         "source": _fingerprint(read_idx(files["train_labels"]), read_idx(files["test_labels"])),
     }
     if _is_complete(root, manifest):
@@ -311,10 +335,12 @@ def _build(root: Path, data: dict[str, np.ndarray], manifest: dict, paths: dict[
             raise DataError(f"no garments for {split} collages: the IDX files hold too few images")
     begin_build(root)
     source_lines: list[str] = []
+    ranking = np.random.default_rng(np.random.SeedSequence([seed, 3])).permutation(len(FASHION_CLASSES))
     for split_id, split in enumerate(SPLITS):
-        plans = _plan_split(pools[split], counts[split], image_size, seed, split_id)
         source = "test" if split == "test" else "train"
         images, labels = data[f"{source}_images"], data[f"{source}_labels"]
+        tail = (labels, ranking, manifest["long_tail"]) if manifest.get("long_tail") else None
+        plans = _plan_split(pools[split], counts[split], image_size, seed, split_id, tail)
         rows, lines = _write_split(root, split, plans, images, labels, image_size, progress)
         source_lines += lines
         write_tag_csv(paths[split], rows)
