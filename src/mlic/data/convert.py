@@ -16,11 +16,11 @@ from mlic.data.labels import build_vocabulary
 from mlic.data.readers.csv_reader import TAG_COLUMNS, StrPath
 from mlic.data.records import DataError, Record
 
-WRITE_FORMATS = ("csv", "jsonl")
+WRITE_FORMATS = ("csv", "tsv", "jsonl")
 
 
 def write_records(records: Sequence[Record], out_path: StrPath, fmt: str, *, overwrite: bool = False) -> Path:
-    """Write ``records`` as ``fmt`` ("csv" or "jsonl") to ``out_path``; returns the path written.
+    """Write ``records`` as ``fmt`` ("csv", "tsv" or "jsonl") to ``out_path``; returns the path written.
 
     Image paths are written relative to the output file's folder when they lie below it (where the
     readers resolve them by default), otherwise absolute. A CSV is a tag list ("image,labels")
@@ -38,12 +38,13 @@ def write_records(records: Sequence[Record], out_path: StrPath, fmt: str, *, ove
     tmp = out.with_name(f".{out.name}.tmp")  # same folder, so the rename below is atomic
     try:
         with tmp.open("w", encoding="utf-8", newline="") as handle:
+            delimiter = "\t" if fmt == "tsv" else ","
             if fmt == "jsonl":
                 _write_jsonl(records, handle, out.parent)
             elif needs_class_columns(records):
-                _write_class_columns(records, handle, out.parent)
+                _write_class_columns(records, handle, out.parent, delimiter)
             else:
-                _write_tags(records, handle, out.parent)
+                _write_tags(records, handle, out.parent, delimiter)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
@@ -73,18 +74,18 @@ def _has_space(text: str) -> bool:
     return any(char.isspace() for char in text)
 
 
-def _write_tags(records: Sequence[Record], handle, folder: Path) -> None:
-    writer = csv.writer(handle, lineterminator="\n")
+def _write_tags(records: Sequence[Record], handle, folder: Path, delimiter: str = ",") -> None:
+    writer = csv.writer(handle, lineterminator="\n", delimiter=delimiter)
     writer.writerow(["image", "labels"])
     for record in records:
         writer.writerow([_relative(record.path, folder), " ".join(record.positives)])
 
 
-def _write_class_columns(records: Sequence[Record], handle, folder: Path) -> None:
+def _write_class_columns(records: Sequence[Record], handle, folder: Path, delimiter: str = ",") -> None:
     """One column per class: 1 positive, 0 known negative, empty unknown (as the CSV reader reads them)."""
     names = build_vocabulary(records)
     _check_column_names(names)
-    writer = csv.writer(handle, lineterminator="\n")
+    writer = csv.writer(handle, lineterminator="\n", delimiter=delimiter)
     writer.writerow(["image", *names])
     for record in records:
         positives, unknown = set(record.positives), set(record.unknown)

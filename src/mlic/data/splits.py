@@ -78,6 +78,20 @@ def split_assignment(positives: Ragged, num_classes: int, sizes: list[int], seed
     return assign
 
 
+def fold_assignment(records: Sequence[Record], folds: int, seed: int = 0) -> np.ndarray:
+    """(N,) fold index per record, ``folds`` folds of (nearly) equal size stratified on every label: the greedy
+    pass of the module docstring with one target per fold (cross-validation needs no rare-label repair: a
+    label missing from a fold is simply not audited there)."""
+    if folds < 2:
+        raise ValueError(f"need at least 2 folds, got {folds}")
+    table = as_table(records)
+    n = len(table)
+    if n < folds:
+        raise ValueError(f"{n} records cannot fill {folds} folds")
+    sizes = [n // folds + (k < n % folds) for k in range(folds)]
+    return _greedy_assignment(table.labels.positives, table.labels.num_classes, sizes, seed)
+
+
 def holdout_split(records: Sequence[Record], fraction: float, seed: int = 0):
     """Split off ``fraction`` of the records as validation, the same way for the same seed and data.
 
@@ -205,7 +219,7 @@ def _greedy_assignment(positives: Ragged, num_classes: int, sizes: list[int], se
         images = images[np.argsort(rank[images], kind="stable")]
         share = np.clip(wanted[:, j], 0, None) * (room > 0)
         counts = _apportion(len(images), share if share.sum() > 0 else np.clip(room, 0, None))
-        split_of = np.repeat(np.arange(3), counts)
+        split_of = np.repeat(np.arange(len(sizes)), counts)
         assign[images] = split_of
         placed = positives.take(images)
         # Sparse update: only the labels the placed images carry (a dense bincount per label would be C x C).
@@ -213,7 +227,7 @@ def _greedy_assignment(positives: Ragged, num_classes: int, sizes: list[int], se
         room -= counts
     rest = np.flatnonzero(assign < 0)  # images without positives fill what room is left
     rest = rest[np.argsort(rank[rest], kind="stable")]
-    assign[rest] = np.repeat(np.arange(3), _apportion(len(rest), np.clip(room, 0, None)))
+    assign[rest] = np.repeat(np.arange(len(sizes)), _apportion(len(rest), np.clip(room, 0, None)))
     return assign
 
 
@@ -221,7 +235,7 @@ def _apportion(n: int, weights: np.ndarray) -> np.ndarray:
     """``n`` split into whole counts proportional to ``weights`` (largest remainders; ties to the lower index)."""
     total = weights.sum()
     if total <= 0:
-        return np.array([n, 0, 0], np.int64)
+        return np.array([n] + [0] * (len(weights) - 1), np.int64)
     exact = n * weights / total
     counts = np.floor(exact).astype(np.int64)
     for k in np.argsort(-(exact - counts), kind="stable")[: n - counts.sum()]:

@@ -65,21 +65,14 @@ document.querySelectorAll("table.sortable").forEach(function (table) {
 """
 
 
-def page_html(title: str, sections: Sequence[str]) -> str:
-    """The whole document around the already-rendered ``sections``."""
-    links = " ".join(
-        f'<a href="#{key}">{label}</a>'
-        for key, label in (
-            ("summary", "summary"),
-            ("data", "data"),
-            ("training", "training"),
-            ("per-class", "per label"),
-            ("curves", "PR curves"),
-            ("errors", "errors"),
-            ("galleries", "galleries"),
-            ("gradcam", "Grad-CAM"),
-        )
-    )
+REPORT_NAV = (("summary", "summary"), ("data", "data"), ("training", "training"), ("per-class", "per label"),
+              ("calibration", "calibration"), ("curves", "PR curves"), ("errors", "errors"),
+              ("galleries", "galleries"), ("gradcam", "Grad-CAM"))  # fmt: skip
+
+
+def page_html(title: str, sections: Sequence[str], nav: Sequence[tuple[str, str]] = REPORT_NAV) -> str:
+    """The whole document around the already-rendered ``sections``; ``nav``: (section id, link text)."""
+    links = " ".join(f'<a href="#{key}">{html.escape(label)}</a>' for key, label in nav)
     return (
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
