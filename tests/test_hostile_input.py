@@ -7,15 +7,14 @@ import csv
 import json
 import os
 import shutil
-import struct
 import threading
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from pngs import png_declaring
 
 from mlic.cli import main
 from mlic.data.records import DataError
@@ -32,18 +31,6 @@ def _png(path: Path, size=(32, 32), colour=(200, 30, 30)) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", size, colour).save(path)
     return path
-
-
-def _png_declaring(width: int, height: int) -> bytes:
-    """A valid PNG header declaring width x height 8-bit grey pixels over a tiny body: a bomb."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
-    )
 
 
 # ---- 1. predict --output never destroys anything -----------------------------------------------------------
@@ -435,7 +422,7 @@ def test_many_declared_megapixels_are_refused_before_any_decoding(live_server):
     import httpx
 
     url, _ = live_server
-    bomb = _png_declaring(7000, 7000)
+    bomb = png_declaring(7000, 7000)
     files = [("files", (f"b{i}.png", bomb, "image/png")) for i in range(16)]
     start = time.monotonic()
     r = httpx.post(f"{url}/predict", files=files, timeout=30)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import io
 import json
-import struct
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from pngs import png_declaring
 from timeouts import hard_timeout
 
 from mlic.data import scan
@@ -184,16 +183,6 @@ def test_unknown_labels_lists_every_mentioned_label_missing_from_the_vocabulary(
 # ---- scan_images -------------------------------------------------------------------------------------------
 
 
-def _png_declaring(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
-    )
-
-
 GOOD = {
     "good.jpg": image_bytes("JPEG"),
     "good.png": image_bytes("PNG"),
@@ -210,8 +199,8 @@ BAD = {  # name -> (bytes, the start of the reason)
     "garbage.jpg": (bytes(range(256)) * 4, "not a recognised image"),
     "notes.png": (b"not an image, just text\n", "not a recognised image"),
     "phone.jpg": (b"\x00\x00\x00\x18ftypheic" + b"\x00" * 64, "unsupported format (HEIC)"),
-    "bomb.png": (_png_declaring(30000, 30000), "refused as a decompression bomb"),
-    "big.png": (_png_declaring(3000, 2000), "image declares 3000x2000 = 6,000,000 pixels, above the limit"),
+    "bomb.png": (png_declaring(30000, 30000), "refused as a decompression bomb"),
+    "big.png": (png_declaring(3000, 2000), "image declares 3000x2000 = 6,000,000 pixels, above the limit"),
     "cut.jpg": (GOOD["good.jpg"][: len(GOOD["good.jpg"]) // 2], "truncated: no JPEG end marker"),
     "cut.png": (GOOD["good.png"][: len(GOOD["good.png"]) // 2], "truncated: no PNG IEND chunk"),
     "cut.gif": (GOOD["good.gif"][: len(GOOD["good.gif"]) // 2], "truncated: no GIF trailer"),
@@ -253,7 +242,7 @@ def test_scan_finds_each_kind_of_bad_file_with_path_source_and_reason(
 
 
 def test_scan_limit_matches_the_decoder_default(tmp_path: Path) -> None:
-    (tmp_path / "big.png").write_bytes(_png_declaring(3000, 2000))
+    (tmp_path / "big.png").write_bytes(png_declaring(3000, 2000))
     assert scan_images([Record(tmp_path / "big.png", ())]) == []
 
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 import io
 import pickle
 import resource
-import struct
 import time
 import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from pngs import png_declaring
 
 from mlic.data.images import (
     DEFAULT_MAX_PIXELS,
@@ -30,17 +29,6 @@ RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 def _save(im: Image.Image, path: Path, **params) -> Path:
     im.save(path, **params)
     return path
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def _png_declaring(width: int, height: int) -> bytes:
-    """A valid-looking 8-bit grayscale PNG whose IHDR declares width x height but carries a tiny IDAT."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * 64)
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
 
 
 def _close(pixel: tuple[int, ...], expected: tuple[int, ...], tol: int) -> bool:
@@ -189,7 +177,7 @@ def test_missing_file_is_a_decode_error(tmp_path: Path) -> None:
 
 def test_png_bomb_header_is_rejected_fast_and_small(tmp_path: Path) -> None:
     path = tmp_path / "bomb.png"
-    path.write_bytes(_png_declaring(50_000, 50_000))
+    path.write_bytes(png_declaring(50_000, 50_000))
     limit_before = Image.MAX_IMAGE_PIXELS
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     start = time.perf_counter()
@@ -209,7 +197,7 @@ def test_png_bomb_header_is_rejected_fast_and_small(tmp_path: Path) -> None:
 
 def test_max_pixels_is_checked_from_the_header(tmp_path: Path) -> None:
     # 5000 x 5000 is below Pillow's own limit, so only our header check can stop it before decoding.
-    data = _png_declaring(5000, 5000)
+    data = png_declaring(5000, 5000)
     start = time.perf_counter()
     with pytest.raises(ImageDecodeError, match="--max-image-pixels raises it") as info:
         decode_image(data, max_pixels=1_000_000)
@@ -220,7 +208,7 @@ def test_max_pixels_is_checked_from_the_header(tmp_path: Path) -> None:
 
 def test_pillow_bomb_warning_does_not_leak(tmp_path: Path) -> None:
     # Just above Pillow's warning threshold and our default: Pillow warns at open, we refuse from the header.
-    data = _png_declaring(10_000, 9_000)
+    data = png_declaring(10_000, 9_000)
     assert DEFAULT_MAX_PIXELS < 10_000 * 9_000
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

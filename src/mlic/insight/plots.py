@@ -59,10 +59,7 @@ def plot_history(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
     else:
         ax_metric.text(0.5, 0.5, "no validation set", ha="center", va="center", transform=ax_metric.transAxes)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=100)
 
 
 @_plain_text
@@ -83,10 +80,7 @@ def plot_label_frequency(
     if not names:
         ax.text(0.5, 0.5, "no labels", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=100)
 
 
 @_plain_text
@@ -117,10 +111,7 @@ def plot_cooccurrence(
     shown = f" (top {len(names)} of {len(class_names)})" if len(names) < len(class_names) else ""
     ax.set_title(f"Label co-occurrence{shown}; diagonal: images with the label")
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=100)
 
 
 # --- report plots (mlic report, mlic explain). Each takes an output path or a binary file object. ---
