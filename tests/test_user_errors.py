@@ -32,6 +32,8 @@ def files(tiny_shapes, tiny_checkpoint, tmp_path_factory) -> dict[str, Path]:
     image = sorted((tiny_shapes["test"].parent / "images" / "test").glob("*.png"))[0]
     (tmp / "exists.csv").write_text("keep me\n")
     (tmp / "quote.csv").write_text(f'image,labels\n{image},a\n"{image},b\n{image},c\n')
+    three = sorted((tiny_shapes["test"].parent / "images" / "test").glob("*.png"))[:3]
+    (tmp / "few.csv").write_text("image,labels\n" + "".join(f"{p},a\n" for p in three))
     (tmp / "gone.csv").write_text(f"image,labels\n{image},a\n{tmp / 'gone.png'},b\n")
     (tmp / "model.onnx").write_bytes(b"not a protobuf at all")
     tampered = tmp / "tampered"
@@ -103,6 +105,15 @@ def cases(f: dict[str, Path]) -> list[tuple[list[str], str]]:
         (["train", labels, *quick, "--max-image-pixels", "0"], "data.max_image_pixels (--max-image-pixels) must be"),
         (["serve", ckpt, "--max-request-pixels", "0"], "argument --max-request-pixels: must be >= 1"),
         (["serve", ckpt, "--body-timeout-s", "0"], "argument --body-timeout-s: must be >= 0.01"),
+        # label audit
+        (["data", "audit", str(t / "few.csv"), "--folds", "2"], "3 images are too few for 2 folds"),
+        (["data", "audit", labels, "--folds", "1"], "argument --folds: must be at least 2"),
+        (["data", "audit", labels, "--schedule", "cosin"], "'cosin' is not allowed"),
+        (
+            ["data", "apply-fixes", labels, str(t / "missing.csv"), str(t / "o.csv"), "--accept-above", "0.9"],
+            "missing.csv: no such file",
+        ),  # fmt: skip
+        (["data", "apply-fixes", labels, labels, str(t / "o.csv"), "--accept-above", "0.9"], "missing column(s)"),
     ]
 
 
@@ -120,7 +131,7 @@ def test_each_user_error_is_one_line_with_exit_code_2(files, capsys):
 
 
 _NAMES = ("train", "evaluate", "predict", "export", "serve", "report", "explain", "inspect", "split", "convert",
-          "cache", "fashion-collage")  # fmt: skip
+          "cache", "fashion-collage", "shard", "audit", "apply-fixes", "card")  # fmt: skip
 
 
 def _exit_code(argv: list[str]) -> int:
