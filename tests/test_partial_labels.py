@@ -70,3 +70,25 @@ def test_masked_loss_equals_loss_on_known_entries_only(tiny_shapes):
     expected = F.binary_cross_entropy_with_logits(logits[known], batch.targets[known])
     assert torch.allclose(build_loss("bce")(logits, batch.targets, batch.masks), expected)
     assert not torch.allclose(F.binary_cross_entropy_with_logits(logits, batch.targets), expected)
+
+
+def test_known_cells_without_a_dense_row_agree_with_dense():
+    import numpy as np
+
+    from mlic.data.labels import LabelTable
+
+    names = [f"c{j}" for j in range(7)]
+    rng = np.random.default_rng(3)
+    records = []
+    for i in range(60):
+        shuffled = list(rng.permutation(names))
+        pos, neg, unk = shuffled[:2], shuffled[2:4], shuffled[4:5]
+        if i % 3 == 0:  # partially labelled: only positives and verified negatives are known
+            records.append(Record(path=f"{i}.png", positives=tuple(pos), negatives=tuple(neg)))
+        else:  # fully labelled, one label unknown (and one image lists a positive as unknown: unknown wins)
+            records.append(Record(path=f"{i}.png", positives=tuple(pos), unknown=tuple(unk + pos[:1] * (i == 1))))
+    table = LabelTable.from_records(records, names)
+    rows = rng.integers(0, 60, 500)  # repeated images too
+    cols = rng.integers(0, 7, 500)
+    _, masks = table.dense(rows)
+    np.testing.assert_array_equal(table.known(rows, cols), masks[np.arange(500), cols] > 0)

@@ -36,6 +36,7 @@ def _score(text: str) -> float:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from mlic.data.convert import write_records
     from mlic.data.fixes import apply_fixes, read_audit, writable_format
     from mlic.data.readers import detect_format
 
@@ -44,13 +45,7 @@ def run(args: argparse.Namespace) -> int:
     rows = read_audit(Path(args.audit))
     base = Path(args.image_root) if args.image_root else Path(args.data).parent
     fixed, changes = apply_fixes(records, rows, args.accept_above, base)
-    out = _write(fixed, args.out, fmt, args.overwrite)
+    out = write_records(fixed, args.out, fmt, overwrite=args.overwrite)
     print(f"{changes['added']} labels added, {changes['removed']} removed ({changes['accepted']} of {len(rows)} "
           f"audit rows at score >= {args.accept_above}) -> {out}")  # fmt: skip
     return 0
-
-
-def _write(records, out: str, fmt: str, overwrite: bool):
-    from mlic.data.convert import write_records
-
-    return write_records(records, out, fmt, overwrite=overwrite)

@@ -164,6 +164,19 @@ class LabelTable:
             array[part.owners(), part.ids] = value
         return targets, masks
 
+    def known(self, rows: Sequence[int] | np.ndarray, cols: Sequence[int] | np.ndarray) -> np.ndarray:
+        """(Q,) bool: whether cell (rows[q], cols[q]) is known, by the rules of ``dense``, without a dense row:
+        costs the labels of those images, not Q x C."""
+        rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+        asked = np.arange(len(rows), dtype=np.int64) * self.num_classes + cols
+
+        def listed(ragged: Ragged) -> np.ndarray:
+            part = ragged.take(rows)
+            return np.isin(asked, part.owners() * self.num_classes + part.ids)
+
+        named = listed(self.positives) | listed(self.negatives)
+        return np.where(self.partial[rows], named, True) & ~listed(self.unknown)
+
     def names_of(self, i: int) -> tuple[tuple[str, ...], tuple[str, ...] | None, tuple[str, ...]]:
         """(positives, negatives or None when fully labelled, unknown) of image ``i`` as class names."""
         names = self.class_names

@@ -70,7 +70,7 @@ def _hashes(path: str, imagehash, max_pixels: int) -> tuple[str | None, int | No
     """(SHA-256 of the file, 64-bit perceptual hash), None for what cannot be read."""
     try:
         with open(path, "rb") as f:
-            digest = hashlib.sha256(f.read()).hexdigest()
+            digest = hashlib.file_digest(f, "sha256").hexdigest()  # streamed: a poster scan is not read whole
     except OSError:
         return None, None
     try:

@@ -57,8 +57,7 @@ def audit_labels(cfg: TrainConfig, out: str | Path, *, folds: int = 5, overwrite
     if (folder / AUDIT_FILE).exists() and not overwrite:
         raise FileExistsError(f"{folder / AUDIT_FILE} already exists (pass --overwrite to replace the audit)")
     d = cfg.data
-    read = dict(fmt=d.format, image_root=d.image_root, label_delimiter=d.label_delimiter, check_files=False)
-    records = as_table(drop_bad_images(load_records(d.train, **read), skip=d.skip_bad_images,
+    records = as_table(drop_bad_images(load_records(d.train, **_reading(d)), skip=d.skip_bad_images,
                                        max_pixels=d.max_image_pixels, progress=cfg.progress))  # fmt: skip
     if len(records) < 2 * folds:  # each fold's model trains on the others and holds out its own validation
         raise DataError(f"{d.train}: {len(records)} images are too few for {folds} folds (need at least "
@@ -80,11 +79,18 @@ def audit_labels(cfg: TrainConfig, out: str | Path, *, folds: int = 5, overwrite
     return Audit(folder, rows, summary)
 
 
+def _reading(d) -> dict[str, Any]:
+    """How the data config says its label files are read (images are checked by the scan, not here)."""
+    return dict(fmt=d.format, image_root=d.image_root, label_delimiter=d.label_delimiter, check_files=False)
+
+
 def _out_of_fold(cfg: TrainConfig, table, assign: np.ndarray, folder: Path):
     """(out-of-fold cells over the whole table, fold of each image, the folds' checkpoints)."""
     c = table.labels.num_classes
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("rows", "cols", "scores", "targets")}
     runs = []
+    batch = BatchOptions(cfg.device, cfg.optim.batch_size, cfg.data.num_workers, cfg.progress,
+                         cfg.data.max_image_pixels)  # fmt: skip
     for k in range(int(assign.max()) + 1):
         held = np.flatnonzero(assign == k)
         train_file = write_records(table.take(np.flatnonzero(assign != k)), folder / "folds" / f"fold{k + 1}.jsonl",
@@ -93,8 +99,6 @@ def _out_of_fold(cfg: TrainConfig, table, assign: np.ndarray, folder: Path):
             f"scoring {len(held)}")  # fmt: skip
         fold_cfg = _fold_config(cfg, train_file, folder / "folds", f"fold{k + 1}")
         result = fit(fold_cfg, overwrite=True)
-        batch = BatchOptions(cfg.device, cfg.optim.batch_size, cfg.data.num_workers, cfg.progress,
-                             cfg.data.max_image_pixels)  # fmt: skip
         scored = score_checkpoint(result.best_checkpoint, table.take(held), batch, desc=f"fold {k + 1}")
         model_classes = {name: i for i, name in enumerate(scored.class_names)}
         col_map = np.array([model_classes.get(n, -1) for n in table.class_names])
@@ -129,13 +133,15 @@ def _fold_config(cfg: TrainConfig, train_file: Path, runs: Path, name: str) -> T
 
 
 def _rows(table, class_names, cells: Cells, issues, fold_of_image: np.ndarray) -> list[dict[str, Any]]:
+    images, classes = cells.rows[issues.flagged], cells.cols[issues.flagged]
+    known = table.labels.known(images, classes)  # flagged cells are known by construction; checked again here
+    if not known.all():
+        k = int(np.argmin(known))
+        raise AssertionError(f"the audit flagged an unknown cell ({table.paths[images[k]]}, {class_names[classes[k]]})")
     rows = []
-    for cell, score in zip(issues.flagged.tolist(), issues.score.tolist(), strict=True):
-        i, j = int(cells.rows[cell]), int(cells.cols[cell])
+    for cell, i, j, score in zip(issues.flagged.tolist(), images.tolist(), classes.tolist(), issues.score.tolist(),
+                                 strict=True):  # fmt: skip
         given = bool(cells.targets[cell])
-        _, masks = table.labels.dense([i])  # flagged cells are known by construction; checked again here
-        if masks[0, j] == 0:
-            raise AssertionError(f"the audit flagged an unknown cell ({table.paths[i]}, {class_names[j]})")
         rows.append({"image": table.paths[i], "label": class_names[j], "given": int(given),
                      "suggested": int(not given), "score": round(float(score), 6),
                      "fold": int(fold_of_image[i]) + 1, "row": i, "col": j})  # fmt: skip
@@ -159,9 +165,8 @@ def _leaks(cfg: TrainConfig, train, folder: Path) -> dict[str, Any] | None:
         return None
     from mlic.data.leaks import find_leaks
 
-    read = dict(fmt=d.format, image_root=d.image_root, label_delimiter=d.label_delimiter, check_files=False)
-    splits = {"train": train} | {name: load_records(path, **read) for name, path in (("val", d.val), ("test", d.test))
-                                 if path}  # fmt: skip
+    held_out = {name: path for name, path in (("val", d.val), ("test", d.test)) if path}
+    splits = {"train": train} | {name: load_records(path, **_reading(d)) for name, path in held_out.items()}
     leaks = find_leaks(splits, max_pixels=d.max_image_pixels, progress=cfg.progress)
     with open(folder / LEAKS_FILE, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
