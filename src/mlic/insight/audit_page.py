@@ -76,17 +76,17 @@ def _gradcams(rows: Sequence[dict[str, Any]], checkpoints: dict[int, str], devic
         fold = row.get("fold")
         if fold not in checkpoints:
             continue
-        if fold not in models:
+        if fold not in models:  # each fold's model and its eval pipeline, once
             try:
-                models[fold] = load_checkpoint(checkpoints[fold], device=device)
+                model, meta = load_checkpoint(checkpoints[fold], device=device)
+                models[fold] = (model, meta, eval_loader(Preprocessing.from_dict(meta["preprocessing"])))
             except (CheckpointError, OSError):
                 models[fold] = None
         if models[fold] is None:
             continue
-        model, meta = models[fold]
+        model, meta, loader = models[fold]
         if row["label"] not in meta["class_names"]:
             continue
-        loader = eval_loader(Preprocessing.from_dict(meta["preprocessing"]))
         try:
             image = loader.decode(row["image"])
             cam = gradcam(model, loader.transform(image).unsqueeze(0), [meta["class_names"].index(row["label"])])
