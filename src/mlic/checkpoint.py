@@ -32,7 +32,8 @@ META_FILE = "meta.json"
 REQUIRED_META = ("format", "version", "model", "class_names", "preprocessing")
 # Every key meta.json may hold; another one means a file this mlic did not write, and is refused by name.
 KNOWN_META = (*REQUIRED_META, "thresholds", "threshold_info", "epoch", "metrics", "config", "created",
-              "torch_version", "weights", "best_by", "progress", "calibration", "calibration_info")  # fmt: skip
+              "torch_version", "weights", "best_by", "progress", "calibration", "calibration_info",
+              "initial_weights")  # fmt: skip
 MAX_IMAGE_SIZE = 4096  # an input side beyond this is no trained model's (a 100000 px side would need 30 GB)
 
 
@@ -220,7 +221,7 @@ def check_meta_fields(meta: dict[str, Any]) -> None:
         raise ValueError("model.kwargs must be an object")
     _check_preprocessing(meta["preprocessing"])
     _check_calibration(meta.get("calibration"), len(names))
-    for key in ("threshold_info", "metrics", "config", "progress", "calibration_info"):
+    for key in ("threshold_info", "metrics", "config", "progress", "calibration_info", "initial_weights"):
         if meta.get(key) is not None and not isinstance(meta[key], dict):
             raise ValueError(f"{key} must be an object")
     epoch = meta.get("epoch", 0)

@@ -112,10 +112,16 @@ def setting(
     folder's config.yaml must resume after a rename).
     """
     metadata = {"help": help, "choices": tuple(choices), "rule": rule, "flat": flat, "flag": flag, "metavar": metavar,
-                "aliases": dict(aliases or {})}  # fmt: skip
+                "aliases": dict(aliases or {}), "const": None}  # fmt: skip
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
+
+
+def optional_value(setting_field: Any, const: str) -> Any:
+    """``setting_field`` whose flag may be given without a value, meaning ``const`` (``--pretrained`` alone is
+    ``--pretrained hub``)."""
+    return field(default=setting_field.default, metadata={**setting_field.metadata, "const": const})
 
 
 @dataclass
@@ -179,10 +185,19 @@ class ModelConfig:
     drop_rate: float = setting(0.5, "dropout before the classifier", rule=between(0, 1, high_open=True))
     widths: list[int] = setting([32, 64, 128, 256], "seed_cnn: channels of the four conv blocks", metavar="N")
     hidden: int = setting(512, "seed_cnn: width of the hidden layer of the head", rule=at_least(1))
-    pretrained: str | None = setting(
-        None, "local weights to start from (.safetensors, or .pth read weights-only)", metavar="FILE"
+    pretrained: str | None = optional_value(
+        setting(
+            None,
+            "initial weights: the model's default hub weights (the flag alone, or 'hub'), hf-hub:ORG/NAME[@REV], "
+            "or a local file (.safetensors, or .pth read weights-only)",
+            metavar="hub|hf-hub:ORG/NAME|FILE",
+        ),
+        "hub",
     )
     freeze_backbone_epochs: int = setting(0, "train only the head for the first N epochs", rule=at_least(0))
+    freeze_bn: bool = setting(
+        False, "keep BatchNorm running statistics as loaded (for small batches when fine-tuning); scales still train"
+    )
 
 
 @dataclass
@@ -195,6 +210,12 @@ class OptimConfig:
     batch_size: int = setting(32, "images per batch", rule=at_least(1))
     schedule: str = setting("constant", "learning-rate schedule", choices=SCHEDULES)
     warmup_epochs: float = setting(0.0, "linear warm-up of the cosine schedule, in epochs", rule=at_least(0))
+    layer_decay: float = setting(
+        1.0,
+        "layer-wise learning-rate decay: each layer group below the head trains at this times the lr of the one "
+        "above (1: off; 0.7-0.9 when fine-tuning)",
+        rule=between(0, 1, low_open=True),
+    )
     clip_grad: float = setting(0.0, "max global gradient norm (0: no clipping)", rule=at_least(0))
     accum_steps: int = setting(1, "gradient accumulation: an optimizer step every N batches", rule=at_least(1))
     ema: bool = setting(False, "also keep and validate an EMA of the weights; the better copy becomes best")
@@ -313,6 +334,7 @@ class Setting:
     rule: Rule | None
     metavar: str | None
     aliases: dict[str, str] = dataclasses.field(default_factory=dict)
+    const: Any = None  # the value of the flag given alone (``--pretrained`` means ``--pretrained hub``)
 
     @property
     def section(self) -> str:
@@ -363,6 +385,7 @@ def collect_settings(cls: type, prefix: str = "") -> list[Setting]:
                 meta["rule"],
                 meta["metavar"],
                 meta.get("aliases", {}),
+                meta.get("const"),
             )
         )
     return found

@@ -55,6 +55,8 @@ def add_setting(
         kwargs["metavar"] = s.metavar or ("{" + ",".join(s.choices) + "}" if s.choices else plain)
         if typing.get_origin(base) is list:
             kwargs |= {"nargs": "+", "type": typing.get_args(base)[0]}
+        elif s.const is not None:
+            kwargs |= {"nargs": "?", "const": s.const}
         elif own_default:  # no config will check the value: argparse does, against the field's rules
             kwargs["type"] = _checked(s, base)
         elif base in (int, float):

@@ -24,6 +24,7 @@ from mlic.data.sources import load_records, unknown_labels
 from mlic.data.splits import holdout_split
 from mlic.data.streaming import ShardSet, ShardStream, is_stream_spec
 from mlic.data.transforms import Pipeline, Preprocessing, build_eval_pipeline, build_train_pipeline
+from mlic.models.hub import Normalization
 from mlic.runtime.console import log
 from mlic.runtime.distributed import DistInfo, barrier
 
@@ -50,20 +51,24 @@ class RunData:
     test_records: list[Record]
 
 
-def pipelines(d: DataConfig) -> tuple[Preprocessing, Pipeline, Pipeline]:
-    """(the preprocessing a checkpoint stores, the training pipeline, the evaluation pipeline)."""
+def pipelines(d: DataConfig, norm: Normalization | None = None) -> tuple[Preprocessing, Pipeline, Pipeline]:
+    """(the preprocessing a checkpoint stores, the training pipeline, the evaluation pipeline); ``norm``: the
+    pretrained backbone's input statistics (default: ImageNet's)."""
     pre = Preprocessing(image_size=d.image_size)
+    if norm is not None:
+        pre = dataclasses.replace(pre, mean=norm.mean, std=norm.std)
     return pre, build_train_pipeline(pre, d.augment), build_eval_pipeline(pre)
 
 
 def prepare_data(
-    d: DataConfig, *, seed: int, batch_size: int, progress: bool, info: DistInfo, pin_memory: bool = False
-) -> RunData:
-    """Datasets and loaders of a run; ``pin_memory`` for non-blocking copies to CUDA."""
+    d: DataConfig, *, seed: int, batch_size: int, progress: bool, info: DistInfo, pin_memory: bool = False,
+    norm: Normalization | None = None,
+) -> RunData:  # fmt: skip
+    """Datasets and loaders of a run; ``pin_memory`` for non-blocking copies to CUDA; ``norm`` as ``pipelines``'s."""
     if is_stream_spec(d.train):
-        return prepare_stream_data(d, seed=seed, batch_size=batch_size, info=info, pin_memory=pin_memory)
+        return prepare_stream_data(d, seed=seed, batch_size=batch_size, info=info, pin_memory=pin_memory, norm=norm)
     splits = read_splits(d, seed=seed, progress=progress)
-    pre, train_pipeline, val_pipeline = pipelines(d)
+    pre, train_pipeline, val_pipeline = pipelines(d, norm)
     train_cache, val_cache = build_caches(d, splits, progress=progress, info=info)
     limit = d.max_image_pixels
     train_ds = MultiLabelDataset(splits.train, splits.class_names, train_pipeline, cache=train_cache, seed=seed,
@@ -98,7 +103,8 @@ def _val_loader(val_ds: MultiLabelDataset, d: DataConfig, batch_size: int, info:
                         pin_memory=pin_memory, cached=cached)  # fmt: skip
 
 
-def prepare_stream_data(d: DataConfig, *, seed: int, batch_size: int, info: DistInfo, pin_memory: bool) -> RunData:
+def prepare_stream_data(d: DataConfig, *, seed: int, batch_size: int, info: DistInfo, pin_memory: bool,
+                        norm: Normalization | None = None) -> RunData:  # fmt: skip
     """A run whose training data is streamed from shards (``mlic.data.streaming``): no split, no scan, no cache;
     validation from shards too, or from a label file as usual."""
     if not d.val:
@@ -108,7 +114,7 @@ def prepare_stream_data(d: DataConfig, *, seed: int, batch_size: int, info: Dist
         )
     if d.test and is_stream_spec(d.test):
         raise DataError(f"--test {d.test}: the test set is read from a label file, not from shards")
-    pre, train_pipeline, val_pipeline = pipelines(d)
+    pre, train_pipeline, val_pipeline = pipelines(d, norm)
     shards = ShardSet.open(d.train, d.shard_index)
     class_names = build_vocabulary(shards.table)
     if not class_names:

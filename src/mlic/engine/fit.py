@@ -41,7 +41,7 @@ from mlic.engine.run_folder import (
 )
 from mlic.engine.signals import StopFlag
 from mlic.engine.tensorboard_log import tensorboard_writer
-from mlic.engine.trainer import Trainer, build_trainer, model_kwargs, set_freeze, trainer_state
+from mlic.engine.trainer import Trainer, build_trainer, model_kwargs, resolve_weights, set_freeze, trainer_state
 from mlic.engine.validation import pick_weights, validate
 from mlic.evaluation.calibration import Calibration
 from mlic.evaluation.prediction_files import save_scored
@@ -108,13 +108,16 @@ class Run:
             save_config(cfg, run_dir / "config.yaml")
         log(f"run folder: {run_dir} (device {device})")
         try:
+            resumed = read_meta(run_dir / "checkpoints" / "last") if resume else None
+            weights = resolve_weights(cfg.model, progress=cfg.progress, resumed=resumed)
             data = prepare_data(cfg.data, seed=cfg.seed, batch_size=cfg.optim.batch_size, progress=cfg.progress,
-                                info=info, pin_memory=device.type == "cuda")  # fmt: skip
+                                info=info, pin_memory=device.type == "cuda",
+                                norm=weights.normalization if weights else None)  # fmt: skip
         except BaseException:
             discard_unstarted(run_dir, resume, info)  # a typo in a path must not leave a run folder behind
             raise
-        t = build_trainer(cfg.model, cfg.optim, cfg.runtime, data.train_ds, seed=cfg.seed,
-                          steps_per_epoch=len(data.train_loader), device=device, info=info)  # fmt: skip
+        t = build_trainer(cfg.model, cfg.optim, cfg.runtime, data, seed=cfg.seed, device=device, info=info,
+                          weights=weights)  # fmt: skip
         progress = Progress(epochs=1 if cfg.dry_run else cfg.optim.epochs)
         if resume:  # the schedule's plan comes back with the trainer state, a time budget's re-plan included
             progress = restore(run_dir / "checkpoints" / "last", to_dict(cfg), data.class_names, t)
@@ -235,7 +238,7 @@ class Run:
     def _meta(self, val: dict | None) -> dict[str, Any]:
         d = self.data
         return checkpoint_meta(self.model_spec, d.class_names, d.preprocessing, self.p.epoch, val, self.cfg.thresholds,
-                               to_dict(self.cfg))  # fmt: skip
+                               to_dict(self.cfg)) | {"initial_weights": self.t.initial_weights}  # fmt: skip
 
     def _save_best(self, net: torch.nn.Module, chosen: dict | None, tag: str) -> None:
         meta = self._meta(chosen)

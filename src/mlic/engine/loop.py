@@ -10,7 +10,7 @@ from itertools import islice
 import torch
 
 from mlic.data.dataset import Batch
-from mlic.engine.trainer import StepOptions, Trainer
+from mlic.engine.trainer import StepOptions, Trainer, freeze_norm_statistics
 from mlic.errors import UserError
 from mlic.runtime.console import log, progress_bar
 
@@ -57,6 +57,8 @@ def train_one_epoch(
     span = span or Span(0, len(loader), len(loader))
     opts = t.opts
     t.model.train()
+    if opts.freeze_bn:  # running statistics stay as loaded; the affine scales and shifts still train
+        freeze_norm_statistics(t.model)
     total_loss, seen, bad, skipped, bad_in_row, stopped = 0.0, 0, [], 0, 0, False
     step = span.first
     start = time.perf_counter()

@@ -12,14 +12,15 @@ import numpy as np
 import torch
 
 from mlic.config import ConfigError, ModelConfig, OptimConfig, RuntimeConfig
-from mlic.data.dataset import MultiLabelDataset
 from mlic.data.mixing import Mixer
+from mlic.engine.data_setup import RunData
 from mlic.engine.ema import ModelEma
 from mlic.engine.optim import build_optimizer
 from mlic.engine.schedule import LrSchedule
 from mlic.evaluation.scoring import Forward
 from mlic.losses import build_loss, pos_weight_from_counts
 from mlic.models import build_model
+from mlic.models.hub import InitialWeights
 from mlic.runtime.console import log
 from mlic.runtime.distributed import DistInfo
 from mlic.runtime.precision import resolve_precision
@@ -37,6 +38,7 @@ class StepOptions:
     clip_grad: float = 0.0  # max global gradient norm; 0 = no clipping
     max_bad_steps: int = 5  # consecutive non-finite losses before giving up
     scaler: torch.amp.GradScaler | None = None  # fp16 on CUDA only
+    freeze_bn: bool = False  # BatchNorm layers kept in eval mode while training (running statistics as loaded)
 
 
 @dataclass
@@ -51,6 +53,7 @@ class Trainer:
     opts: StepOptions
     ema: ModelEma | None = None
     mixer: Mixer | None = field(default=None)
+    initial_weights: dict | None = None  # where the weights came from (``InitialWeights.source``), for checkpoints
 
 
 def model_kwargs(model: ModelConfig) -> dict[str, Any]:
@@ -65,24 +68,22 @@ def build_trainer(
     model_cfg: ModelConfig,
     o: OptimConfig,
     runtime: RuntimeConfig,
-    train_ds: MultiLabelDataset,
+    data: RunData,
     *,
     seed: int,
-    steps_per_epoch: int,
     device: torch.device,
     info: DistInfo,
+    weights: InitialWeights | None = None,
 ) -> Trainer:
-    raw = build_network(model_cfg, len(train_ds.class_names), seed=seed, sync_bn=runtime.sync_bn and info.enabled)
+    """The trainer for ``data``'s training set and loader; ``weights``: the resolved ``--pretrained``
+    (``resolve_weights``), loaded into the model."""
+    train_ds, steps_per_epoch = data.train_ds, len(data.train_loader)
+    raw = build_network(model_cfg, len(train_ds.class_names), seed=seed, sync_bn=runtime.sync_bn and info.enabled,
+                        weights=weights)  # fmt: skip
     precision = resolve_precision(runtime.precision, device)
     channels_last = runtime.channels_last and device.type in ("cpu", "cuda")
     raw.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    optimizer = build_optimizer(raw, o.optimizer, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum)
-    optim_steps = math.ceil(steps_per_epoch / o.accum_steps)
-    base_lrs = [group["lr"] for group in optimizer.param_groups]
-    schedule = LrSchedule(
-        o.schedule, optim_steps * o.epochs, base_lrs, warmup_steps=round(o.warmup_epochs * optim_steps)
-    )
-    schedule.apply(optimizer)
+    optimizer, schedule = _optimizer_and_schedule(raw, o, steps_per_epoch)
     labels = train_ds.labels
     pos_weight = None
     if o.pos_weight == "auto":
@@ -97,7 +98,7 @@ def build_trainer(
     )
     scaler = torch.amp.GradScaler(device.type) if precision.use_scaler else None
     forward = Forward(device, train_ds.pipeline.pre, channels_last, precision)
-    opts = StepOptions(forward, o.accum_steps, o.clip_grad, scaler=scaler)
+    opts = StepOptions(forward, o.accum_steps, o.clip_grad, scaler=scaler, freeze_bn=model_cfg.freeze_bn)
     mixer = None
     if o.mixup_alpha > 0 or o.cutmix_alpha > 0:
         generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -111,17 +112,39 @@ def build_trainer(
     if runtime.compile:
         model = torch.compile(model)  # off by default: on CPU, inductor measured slower than eager for training
     extras = (
-        (", EMA" if ema else "") + (", MixUp/CutMix" if mixer else "") + (f", DDP x{info.world_size}" * info.enabled)
+        (f", layer decay {o.layer_decay}" if o.layer_decay < 1 else "")
+        + (", BatchNorm statistics frozen" if model_cfg.freeze_bn else "")
+        + (", EMA" if ema else "")
+        + (", MixUp/CutMix" if mixer else "")
+        + (f", DDP x{info.world_size}" * info.enabled)
     )
     log(
         f"precision {precision.name}, channels_last {channels_last}, optimizer {o.optimizer}, schedule {o.schedule}, "
         f"loss {o.loss}{extras}"
     )
-    return Trainer(model, raw, optimizer, schedule, loss_fn, opts, ema, mixer)
+    return Trainer(model, raw, optimizer, schedule, loss_fn, opts, ema, mixer, weights.source if weights else None)
 
 
-def build_network(model_cfg: ModelConfig, num_classes: int, *, seed: int, sync_bn: bool) -> torch.nn.Module:
-    """The bare model, from local pretrained weights where asked."""
+def _optimizer_and_schedule(raw: torch.nn.Module, o: OptimConfig, steps_per_epoch: int):
+    try:
+        optimizer = build_optimizer(raw, o.optimizer, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum,
+                                    layer_decay=o.layer_decay)  # fmt: skip
+    except ImportError as exc:
+        raise ConfigError(f"--layer-decay: {exc}") from None
+    optim_steps = math.ceil(steps_per_epoch / o.accum_steps)
+    # Each group's own starting rate is its base: layer-wise decay survives every schedule's scaling.
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
+    schedule = LrSchedule(
+        o.schedule, optim_steps * o.epochs, base_lrs, warmup_steps=round(o.warmup_epochs * optim_steps)
+    )
+    schedule.apply(optimizer)
+    return optimizer, schedule
+
+
+def build_network(
+    model_cfg: ModelConfig, num_classes: int, *, seed: int, sync_bn: bool, weights: InitialWeights | None = None
+) -> torch.nn.Module:
+    """The bare model, from ``weights`` where given (a hub download or a local file, already resolved)."""
     # Every rank builds the model from the same seed, so initial weights are identical (DDP also
     # broadcasts rank 0's at start-up); data order and augmentation differ per rank by sample index.
     torch.manual_seed(seed)
@@ -129,16 +152,43 @@ def build_network(model_cfg: ModelConfig, num_classes: int, *, seed: int, sync_b
         model = build_model(model_cfg.name, num_classes, **model_kwargs(model_cfg))
     except (ValueError, ImportError) as exc:
         raise ConfigError(f"--model {model_cfg.name}: {exc}") from None
-    if model_cfg.pretrained:
+    if weights is not None and weights.path is not None:
         from mlic.models.pretrained import load_pretrained
 
         try:
-            log(f"pretrained weights: {load_pretrained(model, model_cfg.pretrained).summary()}")
+            log(f"pretrained weights: {load_pretrained(model, weights.path).summary()}")
         except (ValueError, FileNotFoundError) as exc:
             raise ConfigError(f"--pretrained: {exc}") from None
     if sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model
+
+
+def resolve_weights(model_cfg: ModelConfig, *, progress: bool, resumed: dict | None = None) -> InitialWeights | None:
+    """``--pretrained`` resolved to a local file (hub weights downloaded into the Hugging Face cache if needed).
+
+    ``resumed``: the last checkpoint's meta of a run being resumed, whose weights replace the initial ones anyway:
+    nothing is downloaded or read then, and the normalisation and the weights' source come from the checkpoint.
+    """
+    if not model_cfg.pretrained:
+        return None
+    from mlic.models.hub import Normalization, resolve_initial_weights
+
+    if resumed is not None:
+        pre = resumed["preprocessing"]
+        norm = Normalization(tuple(pre["mean"]), tuple(pre["std"]))
+        return InitialWeights(None, resumed.get("initial_weights") or {}, norm)
+    try:
+        weights = resolve_initial_weights(model_cfg.name, model_cfg.pretrained, progress=progress)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"--pretrained: {exc}") from None
+    where = weights.source.get("repo") or weights.source["file"]
+    log(f"initial weights: {where} ({weights.source.get('revision') or 'local file'}, "
+        f"sha256 {weights.source['sha256'][:12]})")  # fmt: skip
+    norm = weights.normalization
+    if norm is not None:
+        log(f"input normalisation of the pretrained backbone: mean {norm.mean}, std {norm.std}")
+    return weights
 
 
 def trainer_state(t: Trainer) -> dict[str, Any]:
@@ -197,3 +247,14 @@ def set_freeze(model: torch.nn.Module, freeze_epochs: int, epoch: int) -> None:
 
     set_backbone_trainable(model, epoch > freeze_epochs)
     log("backbone frozen: training the head only" if epoch == 1 else "backbone unfrozen")
+
+
+def freeze_norm_statistics(model: torch.nn.Module) -> None:
+    """Put every BatchNorm layer in eval mode: it normalises with, and no longer updates, its running statistics.
+
+    For fine-tuning with small batches, where a batch's own statistics are noisy estimates and would drift the
+    pretrained ones. Called after each ``model.train()``; the layers' weights and biases still get gradients.
+    """
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()

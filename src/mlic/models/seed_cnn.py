@@ -79,6 +79,11 @@ class SeedCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def group_matcher(self, coarse: bool = False) -> dict[str, str]:
+        """Parameter groups by depth, in timm's format (for layer-wise lr decay): the stem is the first conv block,
+        then one group per block; the hidden layer and the classifier, matched by neither, count as the head."""
+        return {"stem": r"^features\.0\.", "blocks": r"^features\.(\d+)\."}
+
     def get_classifier(self) -> nn.Module:
         return self.classifier
 
