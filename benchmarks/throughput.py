@@ -7,6 +7,11 @@ One command measures, at each image size, on the same generated files (JPEG and 
   * batch-1 latency of the model on a preprocessed image, and end to end from a photo file;
   * the achieved GFLOP/s of the model's training step, as a fraction of this machine's measured matmul peak.
 
+The benchmark checks itself: the matmul peak is the best of several sizes (from cache-resident to
+memory-bound) and rounds, probed before and after the measurements. A peak that moved by more than 15%
+between the two probes, or a model step above 100% of the peak, marks the table DISTURBED instead of
+letting it pass as a result.
+
 (a) "naive" is the seed's pipeline, written plainly below as a user would: PIL decode and per-item
 torchvision transforms every epoch in a DataLoader with default settings, fp32, NCHW, glibc's default
 malloc. (b) "mlic" is `mlic.train` / `Predictor` with their defaults. Each pipeline runs in a child process
@@ -273,16 +278,39 @@ def train_gflop_per_image(size: int) -> float:
     return counter.get_total_flops() / 2 / 1e9
 
 
+# Square matmul sides tried for the CPU peak: from one that fits a core's L2 with its operands to ones that
+# stream from memory; the best of them is the practical peak, whichever this machine's caches favour.
+CPU_PEAK_SIDES = (512, 768, 1024, 1536, 2048)
+PEAK_DRIFT = 0.15  # a peak that moved more than this between the probes before and after marks the run disturbed
+
+
 def matmul_peak_gflops(dtype_name: str, device: str) -> float:
-    """Best of a few large square matmuls: the practical peak of this machine's cores (or GPU) for ``dtype``."""
+    """Best of several sizes x several timed rounds of square matmuls: the practical peak of this machine's cores
+    (or GPU) for ``dtype``. The best, not the median: a moment of load can only lower a probe, never raise it."""
     import torch
 
     dtype = getattr(torch, dtype_name)
     dev = torch.device(device)
-    n = 4096 if dev.type == "cuda" else 1536
-    a, b = torch.randn(n, n, device=dev, dtype=dtype), torch.randn(n, n, device=dev, dtype=dtype)
-    best = min(_median_ms(lambda: a @ b, dev, repeats=5) for _ in range(3)) / 1e3
-    return 2 * n**3 / best / 1e9
+    best = 0.0
+    for n in (4096, 8192) if dev.type == "cuda" else CPU_PEAK_SIDES:
+        a, b = torch.randn(n, n, device=dev, dtype=dtype), torch.randn(n, n, device=dev, dtype=dtype)
+        seconds = min(_median_ms(lambda a=a, b=b: a @ b, dev, repeats=5) for _ in range(4)) / 1e3
+        best = max(best, 2 * n**3 / seconds / 1e9)
+    return best
+
+
+def disturbance(before: dict, after: dict, fractions: list[float]) -> list[str]:
+    """Why the table cannot be trusted as a result (empty: it can): a peak that moved by more than PEAK_DRIFT
+    between the probes taken before and after the measurements, or a model step above 100% of the peak."""
+    why = []
+    for kind in ("fp32", "bf16"):
+        if before.get(kind) and after.get(kind):
+            moved = abs(after[kind] - before[kind]) / max(before[kind], after[kind])
+            if moved > PEAK_DRIFT:
+                why.append(f"{kind} peak moved {moved:.0%} ({before[kind]:.0f} -> {after[kind]:.0f} GFLOP/s)")
+    why += [f"a model step at {f:.0%} of the fp32 peak (impossible: the peak probe was disturbed)"
+            for f in fractions if f > 1.0]  # fmt: skip
+    return why
 
 
 # ---- driver -----------------------------------------------------------------------------------------------
@@ -338,9 +366,17 @@ def main() -> None:
     labels = make_images(Path(args.data_dir), args.images)
     with tempfile.TemporaryDirectory(prefix="mlic-throughput-") as tmp:
         work = Path(tmp)
-        peak = spawn(args, "peak", 0, work, labels)
+        before = spawn(args, "peak", 0, work, labels)
         results = {size: {k: spawn(args, k, size, work, labels) for k in ("naive", "mlic")} for size in args.sizes}
+        after = spawn(args, "peak", 0, work, labels)
+    # The peak is the better of the two probes; the two are compared to see whether the machine stayed quiet.
+    peak = {k: max(before[k], after[k]) if before[k] and after[k] else before[k] for k in before}
     _print_table(results, peak, args)
+    fractions = [r["mlic"]["step_gflops"] / peak["fp32"] for r in results.values()]
+    why = disturbance(before, after, fractions)
+    print(f"peak probes before / after: fp32 {before['fp32']:.0f} / {after['fp32']:.0f} GFLOP/s")
+    if why:
+        print("DISTURBED: this table is not a result; rerun on a quiet machine. " + "; ".join(why))
 
 
 def _cuda() -> bool:
