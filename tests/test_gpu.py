@@ -42,3 +42,43 @@ def test_every_precision_trains_on_cuda():
         stats = run_epoch(model, [batch] * 3, torch.optim.Adam(model.parameters()), device=device,
                           precision=precision, channels_last=True, scaler=scaler)  # fmt: skip
         assert stats.images == 24 and stats.skipped_steps == 0, name
+
+
+def test_device_held_cache_on_cuda_gives_the_loaders_batches(tiny_shapes, tmp_path):
+    from test_device_cache import cached_dataset
+
+    from mlic.data.device_cache import DeviceCachedBatches, cache_fits
+    from mlic.data.loader import build_loader
+    from mlic.data.sampler import EpochSampler
+
+    ds = cached_dataset(tiny_shapes, tmp_path)
+    assert cache_fits(ds, torch.device("cuda"))
+    reference = build_loader(ds, batch_size=10, shuffle=False, num_workers=0, sampler=EpochSampler(ds, seed=3))
+    on_gpu = DeviceCachedBatches(ds, EpochSampler(ds, seed=3), 10, torch.device("cuda"))
+    for a, b in zip(reference, on_gpu, strict=True):
+        assert b.images.is_cuda and torch.equal(a.images, b.images.cpu()) and torch.equal(a.flips, b.flips)
+
+
+def test_cuda_training_holds_the_cache_on_the_gpu_and_steps_without_syncs(tiny_shapes, tmp_path, capsys):
+    args = ["train", str(tiny_shapes["train"]), "--val", str(tiny_shapes["val"]), "--image-size", "32",
+            "--epochs", "2", "--batch-size", "16", "--optimizer", "adamw", "--output-dir", str(tmp_path), "--name",
+            "g", "--no-progress", "--no-report", "--device", "cuda"]  # fmt: skip
+    assert main(args) == 0
+    assert "training images held on cuda" in capsys.readouterr().out
+
+
+def test_sync_free_step_on_cuda_matches_the_host_path():
+    from test_device_cache import _batches
+    from training import run_epoch
+
+    from mlic.models import build_model
+
+    weights = []
+    for sync_free in (False, True):
+        torch.manual_seed(0)
+        model = build_model("seed_cnn", 3, widths=[4, 8, 8, 8], hidden=8).cuda()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+        stats = run_epoch(model, _batches(7, nan_at=3), optimizer, device="cuda", sync_free=sync_free)
+        assert stats.skipped_steps == 1
+        weights.append(model.state_dict())
+    assert all(torch.allclose(weights[0][k].float(), weights[1][k].float(), atol=1e-6) for k in weights[0])

@@ -103,6 +103,16 @@ def augment_sample(
         return image, pipeline.flip and bool(torch.rand(()) < 0.5)
 
 
+def sample_flip(pipeline: Pipeline, seed: int, epoch: int | None, index: int) -> bool:
+    """The flip ``augment_sample`` decides for sample ``index`` of a pipeline without per-sample augmentation,
+    without an image (``data.device_cache`` gathers the pixels on the device)."""
+    if epoch is None or not pipeline.flip:
+        return False
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(sample_seed(seed, epoch, index))
+        return bool(torch.rand(()) < 0.5)
+
+
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """A well-mixed 63-bit seed for one sample's augmentation in one epoch."""
     return int(np.random.SeedSequence([seed, epoch, index]).generate_state(2, np.uint64)[0] >> np.uint64(1))

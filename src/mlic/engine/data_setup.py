@@ -10,11 +10,13 @@ import dataclasses
 import time
 from dataclasses import dataclass
 
+import torch
 from torch.utils.data import DistributedSampler
 
 from mlic.config import DataConfig
 from mlic.data.cache import CacheUnavailable, DecodedCache, ensure_cache
 from mlic.data.dataset import MultiLabelDataset
+from mlic.data.device_cache import DeviceCachedBatches, cache_fits
 from mlic.data.labels import build_vocabulary
 from mlic.data.loader import build_loader, build_stream_loader
 from mlic.data.records import DataError, Record
@@ -62,9 +64,10 @@ def pipelines(d: DataConfig, norm: Normalization | None = None) -> tuple[Preproc
 
 def prepare_data(
     d: DataConfig, *, seed: int, batch_size: int, progress: bool, info: DistInfo, pin_memory: bool = False,
-    norm: Normalization | None = None,
+    norm: Normalization | None = None, device: torch.device | None = None,
 ) -> RunData:  # fmt: skip
-    """Datasets and loaders of a run; ``pin_memory`` for non-blocking copies to CUDA; ``norm`` as ``pipelines``'s."""
+    """Datasets and loaders of a run; ``pin_memory`` for non-blocking copies to CUDA; ``norm`` as ``pipelines``'s;
+    ``device``: the training device, which holds the training cache itself where it fits (``data.device_cache``)."""
     if is_stream_spec(d.train):
         return prepare_stream_data(d, seed=seed, batch_size=batch_size, info=info, pin_memory=pin_memory, norm=norm)
     splits = read_splits(d, seed=seed, progress=progress)
@@ -74,16 +77,20 @@ def prepare_data(
     train_ds = MultiLabelDataset(splits.train, splits.class_names, train_pipeline, cache=train_cache, seed=seed,
                                  max_pixels=limit)  # fmt: skip
     sampler = EpochSampler(train_ds, shuffle=True, seed=seed, rank=info.rank, world_size=info.world_size)
-    train_loader = build_loader(
-        train_ds,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=d.num_workers,
-        seed=seed,
-        sampler=sampler,
-        pin_memory=pin_memory,
-        cached=train_cache is not None,
-    )
+    if device is not None and cache_fits(train_ds, device):
+        train_loader = DeviceCachedBatches(train_ds, sampler, batch_size, device)
+        log(f"cache: training images held on {device} ({train_loader.images.nbytes / 2**30:.2f} GiB)")
+    else:
+        train_loader = build_loader(
+            train_ds,
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=d.num_workers,
+            seed=seed,
+            sampler=sampler,
+            pin_memory=pin_memory,
+            cached=train_cache is not None,
+        )
     val_loader = None
     if splits.val:
         val_ds = MultiLabelDataset(splits.val, splits.class_names, val_pipeline, cache=val_cache, max_pixels=limit)

@@ -112,7 +112,7 @@ class Run:
             weights = resolve_weights(cfg.model, progress=cfg.progress, resumed=resumed)
             data = prepare_data(cfg.data, seed=cfg.seed, batch_size=cfg.optim.batch_size, progress=cfg.progress,
                                 info=info, pin_memory=device.type == "cuda",
-                                norm=weights.normalization if weights else None)  # fmt: skip
+                                norm=weights.normalization if weights else None, device=device)  # fmt: skip
         except BaseException:
             discard_unstarted(run_dir, resume, info)  # a typo in a path must not leave a run folder behind
             raise

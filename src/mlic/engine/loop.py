@@ -39,6 +39,10 @@ class Span:
     total: int
 
 
+# Steps between reads of the loss for the progress bar: on a GPU each read waits for the device to catch up.
+LOG_EVERY = 20
+
+
 class NonFiniteLossError(UserError, RuntimeError):
     """Too many consecutive non-finite losses: the run is diverging, not hitting one bad batch."""
 
@@ -59,7 +63,8 @@ def train_one_epoch(
     t.model.train()
     if opts.freeze_bn:  # running statistics stay as loaded; the affine scales and shifts still train
         freeze_norm_statistics(t.model)
-    total_loss, seen, bad, skipped, bad_in_row, stopped = 0.0, 0, [], 0, 0, False
+    tally = LossTally(opts.forward.device, sync_free=opts.sync_free, limit=opts.max_bad_steps, epoch=epoch)
+    bad, stopped = [], False
     step = span.first
     start = time.perf_counter()
     bar = _progress_bar(loader, span, epoch, progress)
@@ -72,24 +77,25 @@ def train_one_epoch(
         # forward, and the loss in fp32
         loss = _forward_loss(t, batch)
 
-        # a NaN/inf loss must not reach the weights: drop this step's gradients, count, go on
-        if not torch.isfinite(loss):
+        # a NaN/inf loss must not reach the weights: on the host path, checked now and the step's gradients
+        # dropped; sync-free, the check stays on the device and the fused optimizer skips the step itself
+        if not tally.admit(loss, step):
             t.optimizer.zero_grad(set_to_none=True)
-            skipped, bad_in_row = skipped + 1, bad_in_row + 1
-            _non_finite(loss, epoch, step, bad_in_row, opts.max_bad_steps)
             continue
-        bad_in_row = 0
 
         # backward; with accumulation the loss is scaled so the summed gradient is a mean
         scaled = loss / opts.accum_steps
         (opts.scaler.scale(scaled) if opts.scaler else scaled).backward()
 
-        # log: .item() syncs with the device, once per step is cheap enough at these batch sizes
-        total_loss, seen = total_loss + loss.item() * len(batch), seen + len(batch)
-        bar.set_postfix(loss=f"{total_loss / seen:.4f}", img_s=f"{seen / (time.perf_counter() - start):.1f}")
+        # log: the loss is summed where it is (on the device) and read every LOG_EVERY steps, not every step
+        tally.add(loss, len(batch))
+        if step % LOG_EVERY == 0 or step == span.end:
+            bar.set_postfix(loss=f"{tally.read(step) / max(tally.seen, 1):.4f}",
+                            img_s=f"{tally.seen / (time.perf_counter() - start):.1f}")  # fmt: skip
 
         # step every accum_steps batches and at the end of the epoch; only then may we stop early
         if step % opts.accum_steps == 0 or step == span.total:
+            tally.arm(t.optimizer)
             _optimizer_step(t.model, t.optimizer, opts)
             t.schedule.advance(t.optimizer)
             if t.ema is not None:
@@ -98,7 +104,73 @@ def train_one_epoch(
                 stopped = True
                 break
     bar.close()
-    return EpochStats(total_loss, seen, time.perf_counter() - start, step, stopped, bad, skipped)
+    total = tally.read(step)
+    return EpochStats(total, tally.seen, time.perf_counter() - start, step, stopped, bad, tally.skipped())
+
+
+class LossTally:
+    """The epoch's loss sum and its non-finite steps, kept on the host, or on the device when ``sync_free``.
+
+    Host path (CPU, fp16 with its GradScaler): each loss is checked as it comes, and a non-finite one skips its
+    step before backward. Sync-free (CUDA, fused Adam/AdamW): reading a loss would make the host wait for the
+    device at every step, so the sum, the skip count and the run of non-finite losses stay device tensors, the
+    optimizer gets the step's verdict as ``found_inf`` (its fused kernel then leaves weights and moments as they
+    were, as GradScaler's skipped steps do), and the host reads everything once per LOG_EVERY steps. The
+    weights come out the same (tested on CPU); on a skipped sync-free step the schedule and EMA still advance.
+    """
+
+    def __init__(self, device: torch.device, *, sync_free: bool, limit: int, epoch: int) -> None:
+        self.sync_free, self.limit, self.epoch, self.seen = sync_free, limit, epoch, 0
+        zero = torch.zeros((), device=device)
+        # float64, as a Python float: the sums equal the host path's bit for bit (MPS has no float64)
+        self._sum = torch.zeros((), device=device, dtype=torch.float32 if device.type == "mps" else torch.float64)
+        self._skipped, self._streak, self._bad_window = zero.clone(), zero.clone(), zero
+        self._host_skipped, self._host_streak = 0, 0
+        self._images = zero.clone()  # sync-free: images of finite steps, read into ``seen`` with the sum
+
+    def admit(self, loss: torch.Tensor, step: int) -> bool:
+        """Whether the step goes on to backward (sync-free: always, the verdict stays on the device)."""
+        if self.sync_free:
+            bad = (~torch.isfinite(loss.detach())).float()
+            self._skipped += bad
+            self._streak = (self._streak + 1) * bad
+            self._bad_window = torch.maximum(self._bad_window, bad)
+            return True
+        if torch.isfinite(loss):
+            self._host_streak = 0
+            return True
+        self._host_skipped, self._host_streak = self._host_skipped + 1, self._host_streak + 1
+        _non_finite(loss, self.epoch, step, self._host_streak, self.limit)
+        return False
+
+    def add(self, loss: torch.Tensor, n: int) -> None:
+        """Count a batch of ``n`` images; sync-free, a non-finite one adds neither its loss nor its images."""
+        detached = loss.detach()
+        finite = torch.isfinite(detached)
+        wide = detached.to(self._sum.dtype)
+        self._sum += torch.where(finite, wide * n, torch.zeros_like(wide))
+        if self.sync_free:
+            self._images += finite.float() * n
+        else:
+            self.seen += n
+
+    def arm(self, optimizer: torch.optim.Optimizer) -> None:
+        """Sync-free: tell the fused optimizer whether any loss since its last step was non-finite."""
+        if self.sync_free:
+            optimizer.found_inf, optimizer.grad_scale = self._bad_window, None
+            self._bad_window = torch.zeros_like(self._bad_window)
+
+    def read(self, step: int) -> float:
+        """The loss sum so far (one wait for the device); stops a run whose losses stay non-finite."""
+        if self.sync_free and int(self._streak.item()) >= self.limit:
+            raise NonFiniteLossError(f"{self.limit}+ non-finite losses in a row at epoch {self.epoch} before step "
+                                     f"{step}; lower the learning rate or check the data")  # fmt: skip
+        if self.sync_free:
+            self.seen = int(self._images.item())
+        return float(self._sum.item())
+
+    def skipped(self) -> int:
+        return int(self._skipped.item()) if self.sync_free else self._host_skipped
 
 
 def _progress_bar(loader: Iterable[Batch], span: Span, epoch: int, progress: bool):

@@ -41,18 +41,19 @@ def layer_decay_groups(model: nn.Module, weight_decay: float, layer_decay: float
 
 def build_optimizer(
     model: nn.Module, name: str, *, lr: float, weight_decay: float = 0.0, momentum: float = 0.9,
-    layer_decay: float = 1.0,
+    layer_decay: float = 1.0, fused: bool = False,
 ) -> torch.optim.Optimizer:  # fmt: skip
     """``adam`` (the seed's), ``adamw`` or ``sgd`` (Nesterov momentum); ``layer_decay`` < 1: lower learning rates
-    deeper down (``layer_decay_groups``)."""
+    deeper down (``layer_decay_groups``); ``fused``: Adam/AdamW's fused kernels (one per step; they honour a
+    ``found_inf`` flag on the device, which ``engine.loop.LossTally`` uses)."""
     if layer_decay < 1:
         groups = layer_decay_groups(model, weight_decay, layer_decay, lr)
     else:
         groups = param_groups(model, weight_decay)
     if name == "adam":
-        return torch.optim.Adam(groups, lr=lr)
+        return torch.optim.Adam(groups, lr=lr, fused=fused or None)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr)
+        return torch.optim.AdamW(groups, lr=lr, fused=fused or None)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
     raise ValueError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")

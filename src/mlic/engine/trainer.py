@@ -39,6 +39,7 @@ class StepOptions:
     max_bad_steps: int = 5  # consecutive non-finite losses before giving up
     scaler: torch.amp.GradScaler | None = None  # fp16 on CUDA only
     freeze_bn: bool = False  # BatchNorm layers kept in eval mode while training (running statistics as loaded)
+    sync_free: bool = False  # loss and non-finite checks stay on the device (``loop.LossTally``); CUDA, fused optimizer
 
 
 @dataclass
@@ -83,22 +84,14 @@ def build_trainer(
     precision = resolve_precision(runtime.precision, device)
     channels_last = runtime.channels_last and device.type in ("cpu", "cuda")
     raw.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    optimizer, schedule = _optimizer_and_schedule(raw, o, steps_per_epoch)
-    labels = train_ds.labels
-    pos_weight = None
-    if o.pos_weight == "auto":
-        pos_weight = pos_weight_from_counts(labels.positive_counts(), labels.known_counts()).to(device)
-    loss_fn = build_loss(
-        o.loss,
-        pos_weight=pos_weight,
-        gamma=o.focal_gamma,
-        gamma_pos=o.asl_gamma_pos,
-        gamma_neg=o.asl_gamma_neg,
-        clip=o.asl_clip,
-    )
+    # On CUDA, Adam/AdamW run fused: one kernel per step, and it can skip a non-finite step on the device
+    fused = device.type == "cuda" and o.optimizer in ("adam", "adamw")
+    optimizer, schedule = _optimizer_and_schedule(raw, o, steps_per_epoch, fused=fused)
+    loss_fn = _loss(o, train_ds.labels, device)
     scaler = torch.amp.GradScaler(device.type) if precision.use_scaler else None
     forward = Forward(device, train_ds.pipeline.pre, channels_last, precision)
-    opts = StepOptions(forward, o.accum_steps, o.clip_grad, scaler=scaler, freeze_bn=model_cfg.freeze_bn)
+    opts = StepOptions(forward, o.accum_steps, o.clip_grad, scaler=scaler, freeze_bn=model_cfg.freeze_bn,
+                       sync_free=fused and scaler is None)  # fmt: skip
     mixer = None
     if o.mixup_alpha > 0 or o.cutmix_alpha > 0:
         generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -125,10 +118,18 @@ def build_trainer(
     return Trainer(model, raw, optimizer, schedule, loss_fn, opts, ema, mixer, weights.source if weights else None)
 
 
-def _optimizer_and_schedule(raw: torch.nn.Module, o: OptimConfig, steps_per_epoch: int):
+def _loss(o: OptimConfig, labels, device: torch.device) -> torch.nn.Module:
+    pos_weight = None
+    if o.pos_weight == "auto":
+        pos_weight = pos_weight_from_counts(labels.positive_counts(), labels.known_counts()).to(device)
+    return build_loss(o.loss, pos_weight=pos_weight, gamma=o.focal_gamma, gamma_pos=o.asl_gamma_pos,
+                      gamma_neg=o.asl_gamma_neg, clip=o.asl_clip)  # fmt: skip
+
+
+def _optimizer_and_schedule(raw: torch.nn.Module, o: OptimConfig, steps_per_epoch: int, *, fused: bool):
     try:
         optimizer = build_optimizer(raw, o.optimizer, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum,
-                                    layer_decay=o.layer_decay)  # fmt: skip
+                                    layer_decay=o.layer_decay, fused=fused)  # fmt: skip
     except ImportError as exc:
         raise ConfigError(f"--layer-decay: {exc}") from None
     optim_steps = math.ceil(steps_per_epoch / o.accum_steps)
