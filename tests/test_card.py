@@ -33,6 +33,16 @@ def test_model_card_of_a_tiny_run(tiny_checkpoint, tiny_shapes, tmp_path, capsys
         assert heading in body
     assert body.count("\n| ") >= len(report["per_class"]) + 7  # overall rows and one row per class
     assert "200 resamples" in body and "unknown share" in body
+    assert "- initial weights: random (trained from scratch)" in body
+
+
+def test_model_card_names_hub_initial_weights():
+    from mlic.insight.card import _model_part
+
+    source = {"kind": "hub", "repo": "timm/resnet18.a1_in1k", "revision": "abc123", "file": "model.safetensors",
+              "sha256": "f" * 64}  # fmt: skip
+    meta = {"model": {"name": "resnet18"}, "class_names": ["a"], "initial_weights": source}
+    assert "hub `timm/resnet18.a1_in1k` revision `abc123`, `model.safetensors`" in _model_part(meta)
 
 
 def test_the_report_links_and_shows_the_card(tiny_shapes, tmp_path):

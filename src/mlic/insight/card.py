@@ -93,8 +93,19 @@ def _model_part(meta: dict) -> str:
              f"- trained on `{data.get('train')}` (validation `{data.get('val')}`), {optim.get('epochs')} epochs of "
              f"{optim.get('optimizer')} at lr {optim.get('lr')}, batch {optim.get('batch_size')}, loss "
              f"{optim.get('loss')}, augmentation {data.get('augment')}; best epoch {meta.get('epoch')}",
+             f"- initial weights: {_initial_weights(meta.get('initial_weights'))}",
              f"- created {meta.get('created')} with torch {meta.get('torch_version')}", ""]  # fmt: skip
     return "\n".join(lines)
+
+
+def _initial_weights(source: dict | None) -> str:
+    """Where training started: random, a hub repo at a revision, or a local file, with the file's SHA-256."""
+    if not source:
+        return "random (trained from scratch)"
+    if source.get("kind") == "hub":
+        return (f"hub `{source.get('repo')}` revision `{source.get('revision')}`, `{source.get('file')}` "
+                f"(sha256 `{source.get('sha256')}`)")  # fmt: skip
+    return f"local file `{source.get('file')}` (sha256 `{source.get('sha256')}`)"
 
 
 def _data_part(report: dict, records) -> str:
