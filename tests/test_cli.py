@@ -102,7 +102,7 @@ def test_predict_formats_and_unreadable_files(trained, tiny_shapes, tmp_path, ca
 
 
 def test_help_shows_worked_examples(capsys):
-    for cmd in ([], ["train"], ["evaluate"], ["predict"], ["demo"]):
+    for cmd in ([], ["train"], ["evaluate"], ["predict"], ["embed"], ["demo"]):
         with pytest.raises(SystemExit):
             main([*cmd, "--help"])
         assert "examples:" in capsys.readouterr().out

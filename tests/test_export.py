@@ -84,6 +84,7 @@ def test_onnx_file_is_valid_and_carries_the_checkpoint_metadata(exported):
     proto = onnx.load(str(exported["onnx"]))
     onnx.checker.check_model(proto, full_check=True)
     assert [i.name for i in proto.graph.input] == ["images"]
+    assert [o.name for o in proto.graph.output] == ["probabilities"]  # the embedding only with --embedding
     assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
     assert "BatchNormalization" not in {n.op_type for n in proto.graph.node}  # folded
     meta = read_meta(exported["ckpt"])
@@ -145,6 +146,15 @@ def test_predict_through_onnx_gives_the_checkpoint_labels(exported, tmp_path, ca
     assert outs["onnx"] == outs["ckpt"] and len(outs["ckpt"]) == 8
     assert "1 unreadable" in capsys.readouterr().err
     assert isinstance(load_predictor(exported["onnx"], threshold=0.2), OnnxPredictor)
+
+
+def test_embedding_needs_an_export_with_embedding(exported, tmp_path, capsys):
+    image = next(exported["images"].glob("*.png"))
+    with pytest.raises(ExportError, match="no 'embedding' output"):
+        OnnxPredictor.from_file(exported["onnx"]).embed([image])
+    assert main(["embed", str(exported["onnx"]), str(image), "--output", str(tmp_path / "e.npy")]) == 2
+    assert "export it with `mlic export CKPT OUT.onnx --embedding`" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
 
 
 def test_onnx_without_mlic_metadata_is_refused(exported, tmp_path):

@@ -45,7 +45,8 @@ def images(tiny_shapes) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def client(predictor):
-    with TestClient(create_app(predictor, ServeLimits(max_upload_mb=0.25))) as c:
+    # exact: one image per model call, so answers are bit-for-bit the predictor's (batching is tested below)
+    with TestClient(create_app(predictor, ServeLimits(max_upload_mb=0.25, exact=True))) as c:
         yield c
 
 
@@ -314,8 +315,11 @@ def test_a_failing_model_answers_500_and_the_service_recovers(predictor, images)
 
 def test_cli_defaults_to_loopback(checkpoint):
     args = build_parser().parse_args(["serve", str(checkpoint)])
-    assert (args.host, args.port, args.max_batch) == ("127.0.0.1", 8000, 1)
+    assert (args.host, args.port) == ("127.0.0.1", 8000)
+    defaults = (args.engine, args.max_batch, args.batch_wait_ms, args.exact, args.decode_threads)
+    assert defaults == ("auto", 32, 2.0, False, 0)
     assert callable(args.run)
+    assert build_parser().parse_args(["serve", str(checkpoint), "--exact"]).exact is True
 
 
 def test_create_app_rejects_nonsense_limits(predictor):
@@ -323,3 +327,114 @@ def test_create_app_rejects_nonsense_limits(predictor):
         create_app(predictor, ServeLimits(max_upload_mb=0))
     with pytest.raises(ValueError, match=r"max_in_flight \(--max-in-flight\) must be >= 1"):
         create_app(predictor, ServeLimits(max_in_flight=0))
+
+
+def test_exact_with_engine_onnx_is_refused():
+    with pytest.raises(ValueError, match=r"exact \(--exact\) runs the torch engine"):
+        ServeLimits(exact=True, engine="onnx")
+
+
+def _concurrently(client, images: list[Path], rounds: int = 2) -> list[dict]:
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda p: client.post("/predict", files=[_upload(p)]), images * rounds))
+    assert all(r.status_code == 200 for r in answers), [r.text for r in answers if r.status_code != 200][:1]
+    return [r.json()["results"][0] for r in answers]
+
+
+def test_default_mode_batches_on_the_fastest_engine_within_1e4(checkpoint, predictor, images):
+    """A checkpoint path served with the defaults: ONNX Runtime on the CPU, batched; /health says so."""
+    pytest.importorskip("onnxruntime")
+    with TestClient(create_app(checkpoint, device="cpu")) as c:
+        health = c.get("/health").json()
+        results = _concurrently(c, images[:16])
+    model = (health["engine"], health["max_batch"], health["batch_wait_ms"], health["exact"])
+    assert model == ("onnx", 32, 2.0, False) and health["decode_threads"] >= 1
+    for got, path in zip(results, images[:16] * 2, strict=True):
+        want = predictor.predict_image(path)
+        assert got["filename"] == path.name
+        assert max(abs(got["probabilities"][n] - p) for n, p in want.probabilities.items()) <= 1e-4
+        near = any(abs(p - t) <= 1e-4 for p, t in zip(want.probabilities.values(), predictor.thresholds, strict=True))
+        assert near or got["labels"] == want.labels
+
+
+def test_exact_mode_is_bit_for_bit_under_load(checkpoint, predictor, images):
+    with TestClient(create_app(checkpoint, ServeLimits(exact=True), device="cpu")) as c:
+        health = c.get("/health").json()
+        results = _concurrently(c, images[:16])
+    assert (health["engine"], health["max_batch"], health["batch_wait_ms"], health["exact"]) == ("torch", 1, 0, True)
+    for got, path in zip(results, images[:16] * 2, strict=True):
+        want = predictor.predict_image(path)
+        assert got["labels"] == want.labels and got["probabilities"] == want.probabilities  # every float bit-equal
+
+
+class _CountingPredictor(_SlowPredictor):
+    """Records the batch size of every model call; the first call blocks until released."""
+
+    def __init__(self, real: Predictor) -> None:
+        super().__init__(real)
+        self.sizes: list[int] = []
+
+    def predict_probabilities(self, images):
+        self.sizes.append(len(images))
+        held = len(self.sizes) == 1
+        return super().predict_probabilities(images) if held else self.real.predict_probabilities(images)
+
+
+def test_requests_queued_behind_a_model_call_share_the_next_one(predictor, images):
+    counting = _CountingPredictor(predictor)
+    with TestClient(create_app(counting, ServeLimits(max_batch=8))) as c, ThreadPoolExecutor(9) as pool:
+        first = pool.submit(c.post, "/predict", files=[_upload(images[0])])
+        assert counting.entered.wait(timeout=30)
+        rest = [pool.submit(c.post, "/predict", files=[_upload(p)]) for p in images[1:9]]
+        deadline = time.monotonic() + 30
+        while c.get("/health").json()["in_flight"] < 9 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # their images decoded and queued behind the held call
+        counting.release.set()
+        assert all(f.result(timeout=30).status_code == 200 for f in [first, *rest])
+    assert counting.sizes[0] == 1 and sum(counting.sizes) == 9 and max(counting.sizes[1:]) == 8, counting.sizes
+
+
+def test_a_lone_client_never_waits_for_the_batch_window(predictor, images):
+    """The window is for images still being decoded; with none, a call starts at once (here 5 s would show)."""
+    with TestClient(create_app(predictor, ServeLimits(max_batch=32, batch_wait_ms=5000))) as c:
+        c.post("/predict", files=[_upload(images[0])])  # warm-up
+        start = time.perf_counter()
+        for path in images[:3]:
+            assert c.post("/predict", files=[_upload(path)]).status_code == 200
+        assert time.perf_counter() - start < 3.0
+        # several files of one request are decoded together: they share one call, without waiting 5 s either
+        start = time.perf_counter()
+        assert c.post("/predict", files=[_upload(p) for p in images[:4]]).status_code == 200
+        assert time.perf_counter() - start < 3.0
+        # an image that fails to decode is not waited for
+        start = time.perf_counter()
+        text = ("files", ("notes.jpg", b"just text", "image/jpeg"))
+        assert c.post("/predict", files=[text, _upload(images[0]), text]).status_code == 200
+        assert time.perf_counter() - start < 3.0
+
+
+def test_the_model_worker_skips_images_whose_request_went_away():
+    """A cancelled future (its client disconnected) is dropped from the batch, and the thread lives on."""
+    import numpy as np
+    import torch
+
+    from mlic.inference.model_worker import ModelWorker
+
+    entered, release, sizes = threading.Event(), threading.Event(), []
+
+    def predict(images):
+        sizes.append(len(images))
+        entered.set()
+        assert release.wait(timeout=30)
+        return np.zeros((len(images), 1), np.float32)
+
+    worker = ModelWorker(predict, max_batch=8)
+    first = worker.submit(torch.zeros(3, 2, 2))
+    assert entered.wait(timeout=30)
+    gone, kept = worker.submit(torch.zeros(3, 2, 2)), worker.submit(torch.zeros(3, 2, 2))
+    assert gone.cancel()
+    release.set()
+    assert first.result(timeout=30).shape == (1,) and kept.result(timeout=30).shape == (1,)
+    worker.close()
+    assert sizes == [1, 1]

@@ -147,7 +147,17 @@ def test_every_config_leaf_can_be_set_from_a_flag_set_and_a_keyword(captured):
 def test_help_states_the_dataclass_defaults():
     """The default in every setting flag's help, on every subcommand, is the dataclass field's."""
     checked = 0
-    for path in (("train",), ("data", "cache"), ("evaluate",), ("predict",), ("report",), ("demo",), ("serve",)):
+    commands = (
+        ("train",),
+        ("data", "cache"),
+        ("evaluate",),
+        ("predict",),
+        ("embed",),
+        ("report",),
+        ("demo",),
+        ("serve",),
+    )
+    for path in commands:
         for action in _setting_actions(_subparser(*path)):
             s = SETTINGS.get(action.dest)
             if s is None:
@@ -174,6 +184,7 @@ def test_shared_flags_are_the_same_on_every_subcommand():
         "evaluate": compute | reading,
         "report": compute | reading,
         "predict": compute | {"--image-root": "image_root"},
+        "embed": compute | {"--image-root": "image_root"},
         "explain": {"--device": "device"},
         "serve": {"--device": "device"},
     }

@@ -31,6 +31,8 @@ def files(tiny_shapes, tiny_checkpoint, tmp_path_factory) -> dict[str, Path]:
         (tmp / "split" / f"{split}.csv").write_text("taken\n")
     image = sorted((tiny_shapes["test"].parent / "images" / "test").glob("*.png"))[0]
     (tmp / "exists.csv").write_text("keep me\n")
+    (tmp / "exists.parquet").write_text("keep me\n")
+    (tmp / "taken.paths.txt").write_text(f"{image}\n")
     (tmp / "quote.csv").write_text(f'image,labels\n{image},a\n"{image},b\n{image},c\n')
     three = sorted((tiny_shapes["test"].parent / "images" / "test").glob("*.png"))[:3]
     (tmp / "few.csv").write_text("image,labels\n" + "".join(f"{p},a\n" for p in three))
@@ -77,7 +79,23 @@ def cases(f: dict[str, Path]) -> list[tuple[list[str], str]]:
         (["predict", ckpt, str(t / "empty")], "no images found"),
         (["predict", ckpt, image, "--resume"], "--resume needs --output"),
         (["predict", ckpt, image, "--top-k", "-1"], "--top-k must be >= 0"),
+        (["embed", str(t / "nowhere"), image, "--output", str(t / "e.parquet")], "checkpoint not found"),
+        (["embed", ckpt, image], "the following arguments are required: --output"),
+        (["embed", ckpt, "--output", str(t / "e.npy")], "give image paths"),
+        (["embed", ckpt, image, "--output", str(t / "e.csv")], "cannot tell the output format; name it .parquet"),
+        (["embed", ckpt, image, "--output", str(t / "exists.parquet")], "exists; pass --overwrite to replace it"),
+        (["embed", ckpt, str(t / "empty"), "--output", str(t / "e.npy")], "no images found"),
+        (
+            ["embed", ckpt, str(t / "exists.parquet"), "--output", str(t / "exists.parquet"), "--overwrite"],
+            "is also an input",
+        ),  # fmt: skip
+        (
+            ["embed", ckpt, "--list", str(t / "taken.paths.txt"), "--output", str(t / "taken.npy"), "--overwrite"],
+            "(the list of row paths written beside",
+        ),  # fmt: skip
+        (["embed", ckpt, image, "--output", str(t / "no" / "e.npy")], "does not exist"),
         (["export", ckpt, str(t / "model.xyz")], "cannot tell the export format"),
+        (["export", ckpt, str(t / "m.pt"), "--embedding"], "--embedding applies to ONNX export only"),
         (["export", str(t / "nowhere"), str(t / "m.onnx")], "checkpoint not found"),
         (["serve", str(t / "nowhere")], "checkpoint not found"),
         (["serve", ckpt, "--max-files", "0"], "argument --max-files: must be >= 1"),
@@ -131,7 +149,7 @@ def test_each_user_error_is_one_line_with_exit_code_2(files, capsys):
 
 
 _NAMES = ("train", "evaluate", "predict", "export", "serve", "report", "explain", "inspect", "split", "convert",
-          "cache", "fashion-collage", "shard", "audit", "apply-fixes", "card")  # fmt: skip
+          "embed", "cache", "fashion-collage", "shard", "audit", "apply-fixes", "card")  # fmt: skip
 
 
 def _exit_code(argv: list[str]) -> int:

@@ -7,6 +7,7 @@ The public API mirrors the CLI::
     report = mlic.evaluate(run.best_checkpoint, "data/test.csv")
     predictor = mlic.Predictor.from_checkpoint(run.best_checkpoint)
     print(predictor.predict_image("photo.jpg").labels)
+    vectors = predictor.embed(["a.jpg", "b.jpg"])  # (2, D) float32 embeddings: the pooled features
 
 Heavy modules (torch, the engine) load on first use so ``import mlic`` stays fast.
 """

@@ -11,17 +11,18 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from mlic.cli import card, data, demo, evaluate, explain, export, predict, report, serve, train
+from mlic.cli import card, data, demo, embed, evaluate, explain, export, predict, report, serve, train
 from mlic.errors import UserError
 
 # explicit, in the order --help lists them
-SUBCOMMANDS = (demo, data, train, evaluate, predict, export, serve, report, explain, card)
+SUBCOMMANDS = (demo, data, train, evaluate, predict, embed, export, serve, report, explain, card)
 
 EPILOG = """examples:
   mlic demo                                              # build demo data, train, evaluate, predict
   mlic train data/train.csv --val data/val.csv --epochs 10 --name shapes
   mlic evaluate runs/shapes/checkpoints/best --data data/test.csv
   mlic predict runs/shapes/checkpoints/best photos/ --output preds.csv
+  mlic embed runs/shapes/checkpoints/best photos/ --output emb.parquet  # pooled features per image
   mlic export runs/shapes/checkpoints/best model.onnx    # ONNX with thresholds inside
   mlic serve runs/shapes/checkpoints/best                # web page + HTTP API on http://127.0.0.1:8000
   mlic report runs/shapes                                # HTML report: curves, per-label errors, Grad-CAM

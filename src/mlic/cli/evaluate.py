@@ -12,6 +12,7 @@ HELP = """examples:
   mlic evaluate runs/shapes/checkpoints/best --data data/test.csv
   mlic evaluate runs/shapes/checkpoints/best --data data/test.csv --threshold 0.3 --output test.json
   mlic evaluate runs/shapes/checkpoints/best --data data/test.csv --bootstrap 1000   # 95% intervals
+  mlic evaluate model.int8.onnx --data data/test.csv          # an exported model (fp32 or INT8), on CPU
 
 Prints an overall table and a per-class table (support, AP, precision, recall, F1) and writes
 them as JSON (default: evaluation.json beside the checkpoint folder).
@@ -20,7 +21,7 @@ them as JSON (default: evaluation.json beside the checkpoint folder).
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "evaluate", "evaluate a checkpoint on labelled data", __doc__, HELP)
-    p.add_argument("checkpoint", help="checkpoint folder (runs/<name>/checkpoints/best)")
+    p.add_argument("checkpoint", metavar="MODEL", help="checkpoint folder (runs/<name>/checkpoints/best) or .onnx")
     p.add_argument("--data", required=True, help="labels to evaluate on (CSV/TSV file or folder)")
     add_label_reading(p)
     add_threshold(p)
@@ -39,7 +40,10 @@ def run(args: argparse.Namespace) -> int:
     configure_allocator()  # batches of activations stay mapped between model calls (training's setting)
 
     batch = BatchOptions(args.device, args.batch_size, args.num_workers, args.progress, args.max_image_pixels)
-    report = evaluate_checkpoint(
+    evaluate = evaluate_checkpoint
+    if Path(args.checkpoint).suffix.lower() == ".onnx":  # an `mlic export` file (fp32 or INT8), run by ONNX Runtime
+        from mlic.inference.onnx_scoring import evaluate_onnx as evaluate
+    report = evaluate(
         args.checkpoint,
         args.data,
         fmt=args.format,

@@ -9,7 +9,7 @@ preprocessing, score.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,6 +128,24 @@ def score_loader(
             total_loss += loss.item() * len(batch)
         kept.add(torch.sigmoid(logits).cpu().numpy(), batch)
     return kept.predictions(total_loss / max(kept.rows, 1), bad)
+
+
+def score_probabilities(
+    predict: Callable[[torch.Tensor], np.ndarray],
+    loader: Iterable[Batch],
+    num_classes: int,
+    *,
+    progress: bool = True,
+    desc: str = "eval",
+) -> Predictions:
+    """``score_loader`` for a model that takes the uint8 (B, 3, S, S) batch itself and returns (B, C)
+    probabilities: an exported model, whose graph scales, normalises and applies the sigmoid (no loss: NaN)."""
+    kept, bad = _Collected(num_classes), []
+    for batch in progress_bar(loader, progress=progress, desc=desc, unit="batch", leave=False):
+        bad += batch.errors
+        if len(batch):
+            kept.add(np.asarray(predict(batch.images), np.float32), batch)
+    return kept.predictions(float("nan"), bad)
 
 
 class _Collected:

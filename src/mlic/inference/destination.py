@@ -1,4 +1,5 @@
-"""Where ``mlic predict`` writes: checked before any work, written aside, renamed into place at the end.
+"""Where ``mlic predict`` (and ``mlic embed``) writes: checked before any work, written aside, renamed into place
+at the end.
 
 A predictions file is never opened for writing under its final name. Rows go to ``OUT.partial`` beside it, which
 replaces ``OUT`` only once the run is complete, so an interrupted run leaves the previous ``OUT`` (or none)
@@ -28,6 +29,7 @@ class Destination:
     path: Path
     resume: bool = False
     overwrite: bool = False
+    resumable: bool = True  # whether the command has --resume (its message then offers it)
 
     @property
     def partial(self) -> Path:
@@ -43,7 +45,8 @@ class Destination:
         if not out.parent.is_dir():
             raise DestinationError(f"--output {out}: the folder {out.parent} does not exist")
         if out.exists() and not (self.overwrite or self.resume):
-            raise DestinationError(f"--output {out} exists; pass --overwrite to replace it or --resume to continue it")
+            offer = " or --resume to continue it" if self.resumable else ""
+            raise DestinationError(f"--output {out} exists; pass --overwrite to replace it{offer}")
         for item in [*inputs, *([list_file] if list_file else [])]:
             if _is_inside(out, Path(item)):
                 raise DestinationError(f"--output {out} is also an input ({item}); it would be overwritten")

@@ -16,8 +16,13 @@ EXPORT_VERSION = 1
 FORMATS = ("onnx", "torchscript")
 INPUT_DTYPES = ("uint8", "float32")
 INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
+EMBEDDING_NAME = "embedding"  # the optional second output (export --embedding): (B, D) pooled features
 METADATA_PREFIX = "mlic."  # ONNX metadata_props keys
 TORCHSCRIPT_METADATA = "mlic.json"  # TorchScript _extra_files entry
+# export --int8 (mlic.inference.int8): training images it is calibrated on, and the share of (image, label)
+# cells of held-out images whose predicted labels must match the checkpoint's for the file to be kept
+INT8_CALIBRATION_IMAGES = 256
+INT8_MIN_AGREEMENT = 0.99
 
 
 # file suffix -> export format, for `mlic export CKPT model.onnx` without --to

@@ -3,6 +3,8 @@
 Everything it needs (class names, thresholds, preprocessing, input dtype) comes from the model's
 own metadata, written by ``mlic export``. Images are decoded by the one decoder and resized by the
 stage transform up to uint8 (``mlic.data.pixels``); scaling, normalisation and the sigmoid run in the graph.
+Predictions read the ``probabilities`` output only; a model exported with ``--embedding`` also has the
+``embedding`` output, which ``embed`` / ``embed_paths`` (and ``mlic embed model.onnx``) read.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from mlic.data.images import DEFAULT_MAX_PIXELS
 from mlic.data.pixels import stage_loader
 from mlic.data.transforms import Preprocessing
 from mlic.errors import MissingExtraError
-from mlic.inference.export_format import INPUT_NAME, OUTPUT_NAME, ExportError, metadata_from_props
+from mlic.inference.engines import session_options
+from mlic.inference.export_format import EMBEDDING_NAME, INPUT_NAME, OUTPUT_NAME, ExportError, metadata_from_props
 from mlic.inference.predictor import BasePredictor
 
 
@@ -31,6 +34,8 @@ def import_onnxruntime():
 
 class OnnxPredictor(BasePredictor):
     """Exported ONNX model ready to label images. ``threshold`` overrides the exported thresholds."""
+
+    engine = "onnx"  # what runs it, as ``Predictor.engine`` says (``mlic serve``'s /health shows it)
 
     def __init__(
         self,
@@ -59,9 +64,7 @@ class OnnxPredictor(BasePredictor):
         ort = import_onnxruntime()
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: ONNX model not found")
-        options = ort.SessionOptions()
-        if num_threads is not None:
-            options.intra_op_num_threads = num_threads
+        options = session_options(ort, num_threads)  # one thread per core by default, as the onnx engine
         try:
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ONNX Runtime raises its own Fail/InvalidProtobuf/... for a damaged file
@@ -72,7 +75,19 @@ class OnnxPredictor(BasePredictor):
 
     def predict_probabilities(self, images: torch.Tensor) -> np.ndarray:
         """(B, 3, S, S) uint8 images (``loader`` outputs) -> (B, C) probabilities."""
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: self._input(images)})[0]
+
+    def embed_batch(self, images: torch.Tensor) -> np.ndarray:
+        """(B, 3, S, S) uint8 images -> (B, D) float32 embeddings, from a model exported with ``--embedding``."""
+        if EMBEDDING_NAME not in {o.name for o in self.session.get_outputs()}:
+            raise ExportError(
+                f"this ONNX model has no {EMBEDDING_NAME!r} output; export it with `mlic export CKPT OUT.onnx "
+                "--embedding`, or embed with the checkpoint"
+            )
+        return np.asarray(self.session.run([EMBEDDING_NAME], {INPUT_NAME: self._input(images)})[0], np.float32)
+
+    def _input(self, images: torch.Tensor) -> np.ndarray:
         x = images.numpy()
         if self.input_dtype == "float32":
             x = x.astype(np.float32) * np.float32(1.0 / 255.0)
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+        return x

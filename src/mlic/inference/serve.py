@@ -12,8 +12,15 @@ Each gate answers with a JSON ``detail`` before the expensive step behind it (``
   image files   413 when a header declares more than --max-pixels (decompression bombs), 415 for bytes that are
                 no image, 422 for a broken one; per file, and the request fails only if every file does.
 Bytes become pixels through ``mlic.data.pixels`` with the checkpoint's own preprocessing, the very code that
-training, evaluation and ``mlic predict`` run; labels follow predict's rule (``labels_at``). One thread owns
-the model (``ModelWorker``).
+training, evaluation and ``mlic predict`` run, in a pool of --decode-threads threads (default: one per core);
+labels follow predict's rule (``labels_at``).
+
+One thread owns the model (``ModelWorker``) and batches the images of concurrent requests: up to --max-batch
+a call, waiting up to --batch-wait-ms for images still being decoded (never when none is). The model runs on
+--engine: auto is ONNX Runtime on an ONNX copy of the checkpoint (exported once at start-up, then cached) when
+the export extra is installed and the device is the CPU, else PyTorch; answers equal ``Predictor``'s to 1e-4.
+--exact serves bit-for-bit ``Predictor.from_checkpoint(...).predict_image``: PyTorch, one image a call, no
+wait. An ``.onnx`` file (``mlic export``, fp32 or INT8) is served by ONNX Runtime whatever --engine says.
 
 The OpenAPI page at ``/docs`` is FastAPI's Swagger UI, which loads its JavaScript and CSS from the jsDelivr CDN
 (FastAPI ships no copy); ``/openapi.json`` and the web page at ``/`` need nothing from outside the server.
@@ -23,12 +30,14 @@ The OpenAPI page at ``/docs`` is FastAPI's Swagger UI, which loads its JavaScrip
 # torch alone takes seconds to import.
 import asyncio
 import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-from mlic.config import at_least, setting
+from mlic.config import ConfigError, at_least, setting
 from mlic.errors import MissingExtraError
+from mlic.inference.engines import ENGINES
 from mlic.inference.model_worker import ModelWorker
 from mlic.inference.serve_guards import (
     Gate,
@@ -38,6 +47,7 @@ from mlic.inference.serve_guards import (
     UploadGate,
     default_allowed_hosts,
 )
+from mlic.runtime.cpu import cpu_count
 
 if TYPE_CHECKING:
     import torch
@@ -50,7 +60,7 @@ STATIC_DIR = Path(__file__).parent / "static"
 
 @dataclass(frozen=True)
 class ServeLimits:
-    """What one server accepts; the ``mlic serve`` flags are derived from these fields."""
+    """What one server accepts and how it runs the model; the ``mlic serve`` flags are derived from these fields."""
 
     max_upload_mb: float = setting(32.0, "largest request body in MiB", rule=at_least(0.001))
     # 48 MP phone photos (8000 x 6000) pass. Lower than training's limit on purpose: a server decodes what
@@ -69,12 +79,32 @@ class ServeLimits:
     max_uploading: int = setting(64, "connections still sending their body at once; more get 503", rule=at_least(1))
     body_timeout_s: float = setting(10.0, "seconds a request's body may take to arrive; slower ones get 408",
                                     rule=at_least(0.01))  # fmt: skip
+    engine: str = setting(
+        "auto",
+        "what runs a checkpoint's model: onnx (ONNX Runtime on an ONNX copy, exported at start-up, CPU), torch, "
+        "auto: onnx on the CPU when the export extra is installed, else torch",
+        choices=ENGINES,
+    )
+    # 32: on a CPU a call gains little past ~8 images (seed_cnn 128 px in ONNX Runtime, 2 cores: 18 ms an image
+    # alone, 10-11 ms in batches of 8 to 32), a GPU gains up to far more; 64 clients then need two calls.
     max_batch: int = setting(
-        1,
-        "images per model call, batched across requests; above 1 is faster on a GPU but moves probabilities by "
-        "float rounding with the load (1: bit-exact)",
+        32,
+        "most images per model call, batched across requests; moves probabilities by float rounding with the "
+        "load (1: bit-exact)",
         rule=at_least(1),
     )
+    # About the time a small upload takes to decode, so a batch catches the images right behind its first; it is
+    # only spent while other images are being decoded, so a lone client never waits.
+    batch_wait_ms: float = setting(
+        2.0, "milliseconds a model call waits for images still being decoded, up to --max-batch", rule=at_least(0)
+    )
+    exact: bool = setting(
+        False,
+        "bit-exact answers whatever the load, as Predictor.predict_image gives them: the torch engine, one image "
+        "per model call, no wait (instead of --engine, --max-batch and --batch-wait-ms)",
+    )
+    decode_threads: int = setting(0, "threads decoding uploads (0: one per core this process may use)",
+                                  rule=at_least(0))  # fmt: skip
     retry_after_s: int = setting(1, "Retry-After of a 503, in seconds", rule=at_least(1))
 
     def __post_init__(self) -> None:
@@ -82,10 +112,27 @@ class ServeLimits:
 
         for s in collect_settings(ServeLimits):
             s.check(getattr(self, s.key))
+        if self.exact and self.engine == "onnx":
+            raise ConfigError("exact (--exact) runs the torch engine; leave out --engine onnx")
 
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 2**20)
+
+    @property
+    def model_engine(self) -> str:
+        """The engine a checkpoint is served with."""
+        return "torch" if self.exact else self.engine
+
+    @property
+    def model_batch(self) -> int:
+        """The most images in one model call."""
+        return 1 if self.exact else self.max_batch
+
+    @property
+    def model_wait_ms(self) -> float:
+        """How long a model call waits for images still being decoded."""
+        return 0.0 if self.model_batch == 1 else self.batch_wait_ms
 
 
 MISSING_EXTRA = "mlic serve needs FastAPI, uvicorn and python-multipart: pip install 'mlic[serve]'"
@@ -116,8 +163,36 @@ class _Service:
         self.loader = dataclasses.replace(predictor.loader, max_pixels=limits.max_pixels, limit_flag="--max-pixels")
         self.class_names: list[str] = list(predictor.class_names)
         self.thresholds = [float(t) for t in predictor.thresholds]
-        self.worker = ModelWorker(predictor.predict_probabilities, limits.max_batch)
+        self.worker = ModelWorker(predictor.predict_probabilities, limits.model_batch, limits.model_wait_ms / 1000)
         self.budget = PixelBudget(limits.max_decoding_pixels)
+        # Decoding is CPU work that releases the GIL (Pillow, torch): one thread per core keeps every core busy;
+        # more would only make each image slower.
+        self.decode_threads = limits.decode_threads or cpu_count()
+        self._pool: ThreadPoolExecutor | None = None  # made on first use, and again after close (like the worker)
+
+    @property
+    def pool(self) -> ThreadPoolExecutor:
+        """The decoding threads (only the event loop's thread gets here, so no lock)."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="mlic-decode")
+        return self._pool
+
+    def close(self) -> None:
+        """Finish the queued model calls; stop the worker and the decoding threads."""
+        self.worker.close()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def model_info(self) -> dict[str, Any]:
+        """How the model runs, for /health."""
+        return {
+            "engine": getattr(self.predictor, "engine", type(self.predictor).__name__),
+            "max_batch": self.limits.model_batch,
+            "batch_wait_ms": self.limits.model_wait_ms,
+            "exact": self.limits.exact,
+            "decode_threads": self.decode_threads,
+        }
 
     def labels(self) -> dict[str, Any]:
         return {
@@ -143,16 +218,19 @@ class _Service:
             self.budget.release(taken)
 
     async def _predict_one(self, name: str, data: bytes, pixels: int) -> tuple[int, dict[str, Any]]:
-        from starlette.concurrency import run_in_threadpool
-
         from mlic.data.images import ImageDecodeError
         from mlic.inference.predictor import labels_at
 
+        self.worker.expect()  # before the first await: a batch being formed waits for this image too
         try:
-            image = await run_in_threadpool(self._decode, data, pixels)
+            image = await asyncio.get_running_loop().run_in_executor(self.pool, self._decode, data, pixels)
         except ImageDecodeError as exc:
+            self.worker.forget()
             return _status_for(exc), {"filename": name, "labels": [], "probabilities": {}, "error": exc.reason}
-        probs = await asyncio.wrap_future(self.worker.submit(image))
+        except BaseException:  # cancelled (the client went away) or a bug: the image will not come either way
+            self.worker.forget()
+            raise
+        probs = await asyncio.wrap_future(self.worker.submit(image, expected=True))
         return 200, {
             "filename": name,
             "labels": labels_at(probs, self.predictor.thresholds, self.class_names),  # predict's very rule
@@ -192,11 +270,14 @@ def create_app(
     device: str = "auto",
     threshold: float | None = None,
     allowed_hosts: tuple[str, ...] = ("*",),
+    threads: int | None = None,
 ) -> "FastAPI":
-    """The FastAPI app serving a checkpoint folder or a loaded ``Predictor``; limits as in the module docstring.
+    """The FastAPI app serving a checkpoint folder, an ``.onnx`` file or a loaded predictor; limits as in the
+    module docstring.
 
-    ``device`` and ``threshold`` apply when a checkpoint path is given; ``allowed_hosts``: the Host names
-    answered (``*``: any; ``serve`` passes the loopback names when it binds loopback).
+    ``device``, ``threshold``, ``threads`` (ONNX Runtime's intra-op threads) and ``limits.engine`` apply when a
+    path is given; ``allowed_hosts``: the Host names answered (``*``: any; ``serve`` passes the loopback names
+    when it binds loopback).
     """
     try:
         from contextlib import asynccontextmanager
@@ -210,16 +291,17 @@ def create_app(
     limits = limits or ServeLimits()
     predictor = checkpoint_or_predictor
     if isinstance(predictor, str | Path):
-        from mlic.inference.predictor import Predictor
+        from mlic.inference.load import load_predictor
 
-        predictor = Predictor.from_checkpoint(predictor, device=device, threshold=threshold)
+        predictor = load_predictor(predictor, device=device, threshold=threshold, engine=limits.model_engine,
+                                   num_threads=threads)  # fmt: skip
     service = _Service(predictor, limits)
     in_flight, uploading = Gate(limits.max_in_flight), Gate(limits.max_uploading)
 
     @asynccontextmanager
     async def lifespan(app):
         yield
-        service.worker.close()
+        service.close()
 
     app = FastAPI(title="mlic", description=_API_DESCRIPTION, version=__version__, lifespan=lifespan)
     # added last = outermost = runs first: the Host check, then the upload, then the work slot
@@ -249,6 +331,7 @@ def _add_routes(app: "FastAPI", service: _Service, gates: dict[str, Gate], limit
             "status": "ok",
             "num_classes": len(service.class_names),
             "device": device,
+            **service.model_info(),
             "in_flight": gates["in_flight"].count,
             "uploading": gates["uploading"].count,
             "limits": limits,
@@ -292,7 +375,7 @@ def serve(
 
         torch.set_num_threads(threads)  # intra-op threads of the model's forward pass
     allowed = allowed_hosts or default_allowed_hosts(host)
-    app = create_app(checkpoint, limits, device=device, threshold=threshold, allowed_hosts=allowed)
+    app = create_app(checkpoint, limits, device=device, threshold=threshold, allowed_hosts=allowed, threads=threads)
     # No Server header and no proxy-header trust: this binds loopback by default and has no authentication.
     uvicorn.run(app, host=host, port=port, log_level="info", server_header=False, proxy_headers=False)
 

@@ -21,6 +21,14 @@ def log(message: str) -> None:
         tqdm.write(message)
 
 
+def warn(message: str) -> None:
+    """``log`` for warnings: to stderr, above an active progress bar; silent on ranks other than 0."""
+    import sys
+
+    if _state["main"]:
+        tqdm.write(message, file=sys.stderr)
+
+
 # Redrawing a bar ten times a second is right on a terminal, but in a log file (a Slurm job's stdout, CI)
 # every redraw is kept: a million-image scan wrote megabytes of bars. Off a terminal, one update a minute.
 LOG_FILE_INTERVAL_S = 60.0
