@@ -8,7 +8,8 @@ The ONNX copy is the Predictor's folded model followed by the sigmoid, not ``mli
 the Predictor's own input, the normalised float32 ``(B, 3, S, S)`` of the eval transform, so
 ``predict_probabilities`` takes the same tensors whichever engine runs it, and gives the same probabilities to
 float rounding (checked on a random batch when the session opens; more than ``ENGINE_TOLERANCE`` apart is an
-error). It cannot reuse ``mlic.inference.export`` itself, which imports ``predictor`` (an import circle).
+error). It cannot reuse ``mlic.inference.export`` itself, which imports ``predictor`` (an import circle); both take
+their exporter settings from ``export_format.onnx_program``.
 
 Exporting takes seconds (``torch.onnx.export(dynamo=True)``, the exporter ``mlic export`` uses too), so the copy
 is kept under the mlic cache folder (``engines/<key>.onnx``), the key a hash of the weights, the model's
@@ -21,12 +22,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlic.errors import MissingExtraError, UserError
-from mlic.inference.export_format import INPUT_NAME, OUTPUT_NAME
+from mlic.inference.export_format import INPUT_NAME, OUTPUT_NAME, onnx_program
 
 if TYPE_CHECKING:
     import numpy as np
@@ -173,21 +173,8 @@ def _export(model: torch.nn.Module, image_size: int) -> bytes:
     """``model`` + sigmoid as ONNX bytes: float32 (B, 3, S, S) in, (B, C) probabilities out, B dynamic."""
     import torch
 
-    # A batch of 2 and a named dynamic dim: torch.export specialises a batch of 1 to a constant.
     example = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # exporter chatter about internals, not about this model
-        program = torch.onnx.export(
-            torch.nn.Sequential(model, torch.nn.Sigmoid()).eval(),
-            (example,),
-            None,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: torch.export.Dim("batch")},),
-            dynamo=True,
-            optimize=True,  # folds what is left of BatchNorm, fuses elementwise operators
-            verbose=False,
-        )
+    program = onnx_program(torch.nn.Sequential(model, torch.nn.Sigmoid()).eval(), example, [OUTPUT_NAME])
     return program.model_proto.SerializeToString()
 
 

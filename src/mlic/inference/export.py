@@ -44,6 +44,7 @@ from mlic.inference.export_format import (
     TORCHSCRIPT_METADATA,
     ExportError,
     metadata_from_props,
+    onnx_program,
 )
 from mlic.inference.features import logits_and_features
 from mlic.inference.predictor import Predictor
@@ -202,24 +203,8 @@ def _write_onnx(wrapper: nn.Module, example: torch.Tensor, path: Path, metadata:
         import onnx
     except ImportError as exc:
         raise ExportError("ONNX export needs the export extra: pip install 'mlic[export]'") from exc
-    # An example batch of 2 and a named dynamic dim: torch.export specialises a batch of 1 to a constant.
-    batch = torch.export.Dim("batch")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # exporter chatter about internals, not about this model
-        torch.onnx.export(
-            wrapper,
-            (example,),
-            str(path),
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME, EMBEDDING_NAME] if wrapper.embedding else [OUTPUT_NAME],
-            dynamic_shapes={INPUT_NAME: {0: batch}},
-            opset_version=opset,
-            dynamo=True,
-            external_data=False,  # one self-contained file (weights inline; fine below 2 GB)
-            optimize=True,
-            verbose=False,
-        )
-    proto = onnx.load(str(path))
+    outputs = [OUTPUT_NAME, EMBEDDING_NAME] if wrapper.embedding else [OUTPUT_NAME]
+    proto = onnx_program(wrapper, example, outputs, opset).model_proto  # weights inline: one self-contained file
     del proto.metadata_props[:]
     for key, value in metadata.items():
         entry = proto.metadata_props.add()

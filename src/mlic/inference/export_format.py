@@ -25,6 +25,30 @@ INT8_CALIBRATION_IMAGES = 256
 INT8_MIN_AGREEMENT = 0.99
 
 
+def onnx_program(module: Any, example: Any, output_names: list[str], opset: int | None = None) -> Any:
+    """``module`` as an ``ONNXProgram`` (``.model_proto``): ``torch.onnx.export(dynamo=True)`` with a dynamic batch
+    and the optimiser on, the one exporter setting of ``mlic export`` and of the Predictor's ONNX engine.
+    ``example``: a (2, 3, S, S) batch (torch.export specialises a batch of 1 to a constant). Imports torch."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # exporter chatter about internals, not about this model
+        return torch.onnx.export(
+            module,
+            (example,),
+            None,
+            input_names=[INPUT_NAME],
+            output_names=output_names,
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            opset_version=opset,
+            dynamo=True,
+            optimize=True,  # folds what is left of BatchNorm, fuses elementwise operators
+            verbose=False,
+        )
+
+
 # file suffix -> export format, for `mlic export CKPT model.onnx` without --to
 SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript"}
 
