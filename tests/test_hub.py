@@ -96,8 +96,9 @@ def test_pretrained_from_a_fabricated_hub_cache_trains_and_records_its_source(ti
     assert meta["preprocessing"]["mean"] == [0.5, 0.5, 0.5] and meta["preprocessing"]["std"] == [0.5, 0.5, 0.5]
 
 
-def test_offline_with_an_empty_cache_is_one_line_naming_the_model_and_the_cache(tiny_shapes, tmp_path):
-    done = run_cli(train_args(tiny_shapes, tmp_path / "runs", "--pretrained"), tmp_path / "empty")
+@pytest.mark.parametrize("spec", ["hub", f"hf-hub:{REPO}@main"])  # hf-hub: reaches the hub before timm loads
+def test_offline_with_an_empty_cache_is_one_line_naming_the_model_and_the_cache(tiny_shapes, tmp_path, spec):
+    done = run_cli(train_args(tiny_shapes, tmp_path / "runs", "--pretrained", spec), tmp_path / "empty")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("mlic train: error: --model test_resnet") and REPO in last

@@ -133,11 +133,14 @@ def _hub_normalization(model_name: str, spec: str, repo: str, revision: str | No
 def download(model_name: str, repo: str, revision: str | None, *, progress: bool) -> Path:
     """The weights file of ``repo`` from the Hugging Face cache, downloaded into it when missing."""
     hf = _import_hub(model_name)
-    if not progress:
-        hf.utils.disable_progress_bars()
+    # Submodules imported by name: huggingface_hub loads them lazily, so ``hf.utils`` is not always there yet
+    from huggingface_hub import constants
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.utils import disable_progress_bars
 
-    offline = hf.constants.HF_HUB_OFFLINE
+    if not progress:
+        disable_progress_bars()
+    offline = constants.HF_HUB_OFFLINE
     for name in WEIGHT_FILES:
         try:
             return Path(hf.hf_hub_download(repo, name, revision=revision, library_name="mlic"))
@@ -150,7 +153,7 @@ def download(model_name: str, repo: str, revision: str | None, *, progress: bool
     why = "HF_HUB_OFFLINE=1 is set" if offline else "the hub could not be reached or the repo has neither file"
     raise HubError(
         f"--model {model_name}: pretrained weights {repo} ({' or '.join(WEIGHT_FILES)}) are not in the Hugging Face "
-        f"cache {hf.constants.HF_HUB_CACHE} and {why}; download them once online, or pass a local weights file"
+        f"cache {constants.HF_HUB_CACHE} and {why}; download them once online, or pass a local weights file"
     )
 
 
