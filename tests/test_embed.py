@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from peak_memory import PEAK_KIB_SOURCE
 from PIL import Image
 from test_predict_scale import CLASSES, make_checkpoint
 
@@ -230,20 +231,14 @@ def test_npy_header_holds_any_shape():
         assert f.tell() == len(header)
 
 
-# The peak RSS of this process since its exec: VmHWM. (ru_maxrss is kept across exec, so a child started by a
-# large parent, pytest with torch and the outputs it has read, would report the parent's size.)
-MEMORY_SCRIPT = textwrap.dedent(
+MEMORY_SCRIPT = PEAK_KIB_SOURCE + textwrap.dedent(
     """
-    import resource, sys, time
+    import sys, time
     from mlic.cli import main
     t = time.perf_counter()
     code = main(["embed", sys.argv[1], sys.argv[2], "--output", sys.argv[3], "--batch-size", "64", "--device", "cpu",
                  "--workers", "0", "--no-progress"])
-    try:
-        peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-    except OSError:  # not Linux
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(peak, time.perf_counter() - t, code)
+    print(peak_kib(), time.perf_counter() - t, code)
     """
 )
 

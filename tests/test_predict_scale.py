@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from peak_memory import PEAK_KIB_SOURCE
 from PIL import Image
 
 from mlic.checkpoint import save_checkpoint
@@ -221,14 +222,14 @@ def test_write_predictions_streams_a_generator_to_stdout(setup, capsys):
     assert [d["path"] for d in data] == [str(p) for p in setup["images"][:3]] and summary.predicted == 3
 
 
-MEMORY_SCRIPT = textwrap.dedent(
+MEMORY_SCRIPT = PEAK_KIB_SOURCE + textwrap.dedent(
     """
-    import resource, sys, time
+    import sys, time
     from mlic.cli import main
     t = time.perf_counter()
     code = main(["predict", sys.argv[1], sys.argv[2], "--to", "csv", "--output", sys.argv[3], "--probabilities",
                  "--batch-size", "64", "--device", "cpu", "--no-progress"])
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter() - t, code)
+    print(peak_kib(), time.perf_counter() - t, code)
     """
 )
 
