@@ -19,6 +19,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -104,6 +105,24 @@ def decoded_pixels(source: ImageSource, draft_size: tuple[int, int] | None = Non
             im.draft(im.mode, (int(target[0]), int(target[1])))  # sets the decode size; decodes nothing
         width, height = im.size
     return width * height
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image's header says, read without decoding a pixel."""
+
+    format: str  # Pillow's name for it: "JPEG", "MPO", "PNG", ...
+    mode: str  # the stored pixels' mode: "L", "RGB", "CMYK", ...
+    width: int  # as stored, before EXIF orientation
+    height: int
+    orientation: int  # EXIF 1..8; 1 when absent or unreadable
+
+
+def read_header(source: ImageSource) -> ImageHeader:
+    """The header of ``source``, no pixels decoded: what ``data.device_decode`` sends a file to a decoder by."""
+    path = _source_path(source)
+    with _quiet_pillow(), _open(source, path) as im:
+        return ImageHeader(im.format, im.mode, im.width, im.height, _orientation(im))
 
 
 def decode_image(

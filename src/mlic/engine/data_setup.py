@@ -17,6 +17,7 @@ from mlic.config import DataConfig
 from mlic.data.cache import CacheUnavailable, DecodedCache, ensure_cache
 from mlic.data.dataset import MultiLabelDataset
 from mlic.data.device_cache import DeviceCachedBatches, cache_fits
+from mlic.data.device_decode import DeviceDecodedBatches, decodes_on_device
 from mlic.data.labels import build_vocabulary
 from mlic.data.loader import build_loader, build_stream_loader
 from mlic.data.records import DataError, Record
@@ -67,7 +68,8 @@ def prepare_data(
     norm: Normalization | None = None, device: torch.device | None = None,
 ) -> RunData:  # fmt: skip
     """Datasets and loaders of a run; ``pin_memory`` for non-blocking copies to CUDA; ``norm`` as ``pipelines``'s;
-    ``device``: the training device, which holds the training cache itself where it fits (``data.device_cache``)."""
+    ``device``: the training device, which holds the training cache itself where it fits (``data.device_cache``),
+    or else, without a cache, decodes the training JPEGs (``data.device_decode``; CUDA only for both)."""
     if is_stream_spec(d.train):
         return prepare_stream_data(d, seed=seed, batch_size=batch_size, info=info, pin_memory=pin_memory, norm=norm)
     splits = read_splits(d, seed=seed, progress=progress)
@@ -80,6 +82,9 @@ def prepare_data(
     if device is not None and cache_fits(train_ds, device):
         train_loader = DeviceCachedBatches(train_ds, sampler, batch_size, device)
         log(f"cache: training images held on {device} ({train_loader.images.nbytes / 2**30:.2f} GiB)")
+    elif device is not None and decodes_on_device(train_ds, device):
+        train_loader = DeviceDecodedBatches(train_ds, sampler, batch_size, device, num_workers=d.num_workers, seed=seed)
+        log(f"decode: training JPEGs decoded on {device}; loader workers read the files")
     else:
         train_loader = build_loader(
             train_ds,
