@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
-from tqdm import tqdm
+from tqdm import tqdm as _tqdm
 
 _state = {"main": True}
+
+
+class tqdm(_tqdm):  # noqa: N801 (tqdm's own name, so call sites read as tqdm's)
+    """tqdm without its monitor thread, which every bar starts, a disabled one too, and which ends with the last.
+
+    A thread that starts or ends while a DataLoader forks its workers can leave a worker deadlocked before it
+    runs a line: CPython up to 3.11.7 and 3.12.0 (gh-112275) may fork while that thread holds the interpreter's
+    thread-list lock, which the child then waits for forever. Seen once in CI (Python 3.11.7): a validation
+    worker of a two-rank run stuck in PyOS_AfterFork_Child -> _PyThreadState_DeleteExcept; the monitor was the
+    one Python thread besides the main one that it inherited. Fewer threads make the race rarer; the race is
+    CPython's. Without the monitor a bar redraws only when it advances, at most every mininterval.
+    """
+
+    monitor_interval = 0
 
 
 def set_main_process(is_main: bool) -> None:
