@@ -9,6 +9,7 @@ import textwrap
 import pytest
 import torch
 from safetensors.torch import load_file
+from timeouts import run_group
 
 from mlic.evaluation.evaluate import evaluate_checkpoint
 from mlic.evaluation.scoring import BatchOptions
@@ -51,7 +52,7 @@ def ddp_run(tiny_shapes, tmp_path_factory):
         str(tmp / "dump"),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two ranks on two cores: one thread each
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    proc = run_group(cmd, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return tmp, val, proc
 
@@ -101,7 +102,7 @@ def test_torchrun_predict_shards_and_merges_in_order(ddp_run, tiny_shapes, tmp_p
     assert subprocess.run([sys.executable, *predict, str(single)], capture_output=True).returncode == 0
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     cmd = [*torchrun, *predict, str(merged)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = run_group(cmd, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert merged.read_text() == single.read_text()
     assert len(merged.read_text().splitlines()) == 1 + 24 + 1

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from timeouts import run_group
 from torch.utils.data import DataLoader
 
 from mlic.data.loader import build_stream_loader
@@ -280,7 +281,8 @@ def test_torchrun_two_ranks_two_workers_see_each_sample_once_per_epoch(shards, t
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            str(tmp_path / "driver.py"), str(shards["pattern"]), str(shards["val"]), str(tmp_path / "seen.json"),
            str(tmp_path / "runs")]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    # 10 s on 2 idle cores; a hung rank or worker fails the test in 5 minutes and leaves no process behind
+    done = run_group(cmd, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = json.loads((tmp_path / "seen.json").read_text())
     for epoch in ("1", "2"):
