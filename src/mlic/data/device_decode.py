@@ -79,17 +79,33 @@ def decode_stage(
     headers = [device_header(bytes(d), max_pixels) for d in datas]
     jpegs = [k for k, h in enumerate(headers) if h is not None]
     encoded = [torch.frombuffer(bytearray(datas[k]), dtype=torch.uint8) for k in jpegs]
-    decoded = dict(zip(jpegs, decode_jpegs(encoded, [headers[k] for k in jpegs], pipeline, device), strict=True))
+    on_device = decode_or_fall_back(encoded, [headers[k] for k in jpegs], pipeline, loader, device)
+    outcomes = dict(zip(jpegs, on_device, strict=True))
     images = torch.zeros((len(datas), 3, pipeline.stage_size, pipeline.stage_size), dtype=torch.uint8, device=device)
     reasons: list[str | None] = []
     for k, data in enumerate(datas):
-        image, reason = decoded.get(k), None
-        if image is None:
-            image, reason = loader.load_or_reason(bytes(data))
+        image, reason = outcomes[k] if k in outcomes else loader.load_or_reason(bytes(data))
         if image is not None:
             images[k] = image.to(device)
         reasons.append(reason)
     return images, reasons
+
+
+def decode_or_fall_back(
+    encoded: list[torch.Tensor], headers: list[ImageHeader], pipeline: Pipeline, loader: PixelLoader,
+    device: torch.device,
+) -> list[tuple[torch.Tensor | None, str | None]]:  # fmt: skip
+    """Each JPEG staged on ``device`` (``decode_jpegs``), or, where the device decoder refused it, by ``loader``
+    on the host (which decodes it or says why not): (uint8 (3, S, S) on the device, None) or (None, reason)."""
+    out: list[tuple[torch.Tensor | None, str | None]] = []
+    for data, image in zip(encoded, decode_jpegs(encoded, headers, pipeline, device), strict=True):
+        if image is None:
+            image, reason = loader.load_or_reason(data.numpy().tobytes())
+            image = None if image is None else image.to(device)
+        else:
+            reason = None
+        out.append((image, reason))
+    return out
 
 
 def decode_jpegs(
@@ -238,20 +254,16 @@ class DeviceDecodedBatches:
 
     def _batch(self, packet: _Packet) -> Batch:
         ds = self.dataset
-        encoded = packet.encoded()
-        decoded = decode_jpegs(encoded, packet.headers, ds.pipeline, self.device)
+        decoded = decode_or_fall_back(packet.encoded(), packet.headers, ds.pipeline, ds.loader, self.device)
         samples = []
         for s in packet.samples:
             if "error" in s:
                 samples.append(s)
-                continue
-            if "staged" in s:
-                image = packet.staged[s["staged"]].to(self.device)
-            elif (image := decoded[s["jpeg"]]) is None:  # refused on the device: the CPU path decodes it or says why
-                image, reason = ds.loader.load_or_reason(encoded[s["jpeg"]].numpy().tobytes())
-                if image is None:
-                    samples.append({"index": s["index"], "error": (ds.records.paths[s["index"]], reason)})
-                    continue
-                image = image.to(self.device)
-            samples.append({"index": s["index"], "image": image, "flip": s["flip"]})
+            elif "staged" in s:
+                samples.append({"index": s["index"], "image": packet.staged[s["staged"]].to(self.device),
+                                "flip": s["flip"]})  # fmt: skip
+            elif (image := decoded[s["jpeg"]][0]) is not None:
+                samples.append({"index": s["index"], "image": image, "flip": s["flip"]})
+            else:
+                samples.append({"index": s["index"], "error": (ds.records.paths[s["index"]], decoded[s["jpeg"]][1])})
         return collate(samples, ds.labels)
