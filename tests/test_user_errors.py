@@ -123,6 +123,7 @@ def cases(f: dict[str, Path]) -> list[tuple[list[str], str]]:
         (["train", labels, *quick, "--max-image-pixels", "0"], "data.max_image_pixels (--max-image-pixels) must be"),
         (["serve", ckpt, "--max-request-pixels", "0"], "argument --max-request-pixels: must be >= 1"),
         (["serve", ckpt, "--body-timeout-s", "0"], "argument --body-timeout-s: must be >= 0.01"),
+        (["serve", ckpt, "--threads", "0"], "argument --threads: must be >= 1"),
         # label audit
         (["data", "audit", str(t / "few.csv"), "--folds", "2"], "3 images are too few for 2 folds"),
         (["data", "audit", labels, "--folds", "1"], "argument --folds: must be at least 2"),

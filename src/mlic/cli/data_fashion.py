@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mlic.cli.flags import add_command, add_setting
+from mlic.cli.flags import add_command, add_setting, int_at_least
 
 HELP = """examples:
   mlic data fashion-collage /usr/share/datasets/fashion-mnist data/fashion
@@ -28,11 +28,11 @@ def register(actions: argparse._SubParsersAction) -> None:
     p = add_command(actions, "fashion-collage", "build multi-label collages from Fashion-MNIST", __doc__, HELP)
     p.add_argument("idx_dir", metavar="IDX_DIR", help="folder with the Fashion-MNIST IDX files")
     p.add_argument("out", metavar="OUT", help="folder to write the dataset to")
-    p.add_argument("--train", type=_at_least(0), default=20000, help="train collages (default 20000)")
-    p.add_argument("--val", type=_at_least(0), default=2000, help="validation collages (default 2000)")
-    p.add_argument("--test", type=_at_least(0), default=4000, help="test collages (default 4000)")
-    p.add_argument("--image-size", type=_at_least(MIN_IMAGE_SIZE), default=96, help="collage side in pixels")
-    p.add_argument("--seed", type=_at_least(0), default=0, help="random seed of the collages (default: 0)")
+    p.add_argument("--train", type=int_at_least(0), default=20000, help="train collages (default 20000)")
+    p.add_argument("--val", type=int_at_least(0), default=2000, help="validation collages (default 2000)")
+    p.add_argument("--test", type=int_at_least(0), default=4000, help="test collages (default 4000)")
+    p.add_argument("--image-size", type=int_at_least(MIN_IMAGE_SIZE), default=96, help="collage side in pixels")
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="random seed of the collages (default: 0)")
     p.add_argument(
         "--long-tail",
         type=_tail,
@@ -42,21 +42,6 @@ def register(actions: argparse._SubParsersAction) -> None:
     )
     add_setting(p, "progress", own_default=True)
     p.set_defaults(run=run)
-
-
-def _at_least(minimum: int):
-    """An argparse type: an int >= minimum, so a bad flag is a usage error rather than a traceback."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    return parse
 
 
 def _tail(text: str) -> float:

@@ -177,3 +177,19 @@ def add_command(sub: argparse._SubParsersAction, name: str, help: str, descripti
     )
     p.set_defaults(prog=p.prog)
     return p
+
+
+def int_at_least(minimum: int):
+    """An argparse type for a flag no setting backs: an int >= minimum, so a bad value is a usage error rather
+    than a traceback."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mlic.cli.flags import add_command, add_setting, add_threshold
+from mlic.cli.flags import add_command, add_setting, add_threshold, int_at_least
 from mlic.config import collect_settings
 from mlic.inference.serve import ServeLimits
 
@@ -43,8 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("limits and model calls")
     for s in LIMITS:
         add_setting(g, s, own_default=True)
-    p.add_argument("--threads", type=int, help="CPU threads for the model: PyTorch's, or ONNX Runtime's intra-op "
-                   "threads (default: PyTorch's choice; one per core for ONNX Runtime)")  # fmt: skip
+    p.add_argument("--threads", type=int_at_least(1), help="CPU threads for the model: PyTorch's, or ONNX Runtime's "
+                   "intra-op threads (default: PyTorch's choice; one per core for ONNX Runtime)")  # fmt: skip
     p.add_argument(
         "--allowed-hosts",
         metavar="NAMES",
